@@ -1,0 +1,28 @@
+# One command each for the main job and the tests; both create .venv on a fresh machine.
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: setup test lint format demo
+
+$(VENV_STAMP): requirements.txt requirements-test.txt pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(VENV_STAMP)
+
+setup: $(VENV_STAMP)
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+test: lint
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q
+
+demo: setup
+	JAX_PLATFORMS=cpu $(PY) -m experiments.demo_score

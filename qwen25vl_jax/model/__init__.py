@@ -1,0 +1,1 @@
+"""Model components; see `qwen25vl_jax.model.qwen25vl.Qwen25VL` for the whole model."""

@@ -1,0 +1,238 @@
+"""Host-side (NumPy) index maps: every data-dependent index, computed once per sample.
+
+- `vision_layout`: the ViT's window layout for one sample's images/videos: which patch sits in
+  which slot, its 2-D rope position, its full-attention segment, and where each merge unit lands.
+- `rope_index`: a port of transformers' `get_rope_index` (3-D MRoPE positions with absolute-time
+  alignment, and `rope_deltas`), with the modality of each token derived from the token ids.
+
+Reference: transformers `models/qwen2_5_vl/modeling_qwen2_5_vl.py` and `vision_utils.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from qwen25vl_jax.config import ModelConfig, VisionConfig
+
+
+def vision_rope_positions(grid_thw: Sequence[int], merge: int) -> np.ndarray:
+    """int64[t*h*w, 2]: (row, column) of every patch of one image/video, in the reference's
+    patch order (frames, then merge units in raster order, then the 2x2 patches of a unit)."""
+    t, h, w = (int(v) for v in grid_thw)
+    hpos, wpos = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    shape = (h // merge, merge, w // merge, merge)
+    hpos = hpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    wpos = wpos.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    return np.tile(np.stack([hpos, wpos], axis=-1), (t, 1))
+
+
+def window_units(grid_thw: Sequence[int], cfg: VisionConfig) -> list[np.ndarray]:
+    """The reference's window partition of one image/video, as a list of windows, each the
+    int64 indices of its merge units (in the reference's order). Windows tile each frame's
+    merge-unit grid in raster order; border windows are ragged."""
+    t, h, w = (int(v) for v in grid_thw)
+    m, side = cfg.spatial_merge_size, cfg.window_merge_side
+    gh, gw = h // m, w // m
+    units = np.arange(t * gh * gw).reshape(t, gh, gw)
+    windows = []
+    for f in range(t):
+        for r in range(0, gh, side):
+            for c in range(0, gw, side):
+                windows.append(units[f, r : r + side, c : c + side].reshape(-1))
+    return windows
+
+
+def layout_slots(grids: Sequence[Sequence[int]], cfg: VisionConfig) -> int:
+    """Patch slots the window layout of these media needs: windows x window_patches."""
+    m, side = cfg.spatial_merge_size, cfg.window_merge_side
+    windows = sum(int(t) * -(-int(h) // m // side) * -(-int(w) // m // side) for t, h, w in grids)
+    return windows * cfg.window_patches
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionLayout:
+    """One sample's ViT inputs in window layout, N = windows * window_patches slots.
+
+    patch_src: int64[N] index into the sample's patches (reference order, media concatenated),
+        -1 for padding. vit_positions: int32[N, 2]. vit_segment_ids: int32[N], one id per image
+        or video frame (1-based), 0 for padding. unit_slot: int64[U], for each merge unit in
+        reference order, its merged-token slot (slot u = patches 4u..4u+3 of the layout).
+    """
+
+    patch_src: np.ndarray
+    vit_positions: np.ndarray
+    vit_segment_ids: np.ndarray
+    unit_slot: np.ndarray
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.patch_src)
+
+
+def vision_layout(
+    grids: Sequence[Sequence[int]], cfg: VisionConfig, *, num_slots: int | None = None
+) -> VisionLayout:
+    """Builds the window layout of one sample whose media have grids `grids` ([t, h, w] each).
+
+    num_slots: pad the layout to this many patch slots (a multiple of `cfg.window_patches`);
+    None = the minimum. Raises ValueError if the media do not fit.
+    """
+    s, mu, merge = cfg.window_patches, cfg.merge_unit, cfg.spatial_merge_size
+    src, pos, seg, unit_slot = [], [], [], []
+    patch_base = unit_base = 0
+    segment = 0
+    for grid in grids:
+        t, h, w = (int(v) for v in grid)
+        if h % merge or w % merge:
+            raise ValueError(f"grid {tuple(grid)} not divisible by spatial_merge_size {merge}")
+        rope = vision_rope_positions(grid, merge)
+        frame_units = (h // merge) * (w // merge)
+        slots_here = np.zeros(t * frame_units, np.int64)
+        for units in window_units(grid, cfg):
+            first_slot = len(src) // mu
+            slots_here[units] = first_slot + np.arange(len(units))
+            patches = (units[:, None] * mu + np.arange(mu)).reshape(-1)
+            pad = s - len(patches)
+            src.extend((patches + patch_base).tolist() + [-1] * pad)
+            pos.extend(rope[patches].tolist() + [[0, 0]] * pad)
+            frame = units[0] // frame_units  # windows never straddle frames
+            seg.extend([segment + frame + 1] * len(patches) + [0] * pad)
+        segment += t
+        unit_slot.append(slots_here)
+        patch_base += t * h * w
+        unit_base += t * frame_units
+    n = len(src)
+    if num_slots is not None:
+        if num_slots % s:
+            raise ValueError(f"num_slots {num_slots} is not a multiple of window_patches {s}")
+        if n > num_slots:
+            raise ValueError(f"media need {n} patch slots, over the budget of {num_slots}")
+        pad = num_slots - n
+        src += [-1] * pad
+        pos += [[0, 0]] * pad
+        seg += [0] * pad
+    return VisionLayout(
+        patch_src=np.asarray(src, np.int64),
+        vit_positions=np.asarray(pos, np.int32).reshape(-1, 2),
+        vit_segment_ids=np.asarray(seg, np.int32),
+        unit_slot=np.concatenate(unit_slot) if unit_slot else np.zeros(0, np.int64),
+    )
+
+
+def token_modalities(input_ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """int[...] 0 text, 1 image pad, 2 video pad: transformers 5's `mm_token_type_ids`."""
+    ids = np.asarray(input_ids)
+    return np.where(ids == cfg.image_token_id, 1, np.where(ids == cfg.video_token_id, 2, 0))
+
+
+def _runs(values: np.ndarray):
+    """(value, start, end) for each run of equal consecutive values."""
+    if len(values) == 0:
+        return
+    edges = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate([[0], edges])
+    ends = np.concatenate([edges, [len(values)]])
+    for a, b in zip(starts, ends, strict=True):
+        yield int(values[a]), int(a), int(b)
+
+
+def sample_rope_positions(
+    modalities: np.ndarray,
+    image_grids: Sequence[Sequence[int]],
+    video_grids: Sequence[Sequence[int]],
+    second_per_grid_ts: Sequence[float] | None,
+    cfg: ModelConfig,
+) -> np.ndarray:
+    """int64[3, n]: the 3-D positions of one unpadded sequence (get_rope_index's inner loop).
+
+    Text advances all three axes by 1 per token. An image/video of llm grid (t, h, w) takes
+    positions (start + t_index, start + row, start + col) with t_index = trunc(frame *
+    tokens_per_second * second_per_grid_t) for videos (float32 maths as the reference), 0 for
+    images; the next token then starts at start + max(h, w).
+    """
+    merge, tps = cfg.vision.spatial_merge_size, cfg.vision.tokens_per_second
+    grids = {1: iter(image_grids), 2: iter(video_grids)}
+    spg = iter(second_per_grid_ts if second_per_grid_ts is not None else [])
+    out, cur = [], 0
+    for kind, a, b in _runs(np.asarray(modalities)):
+        if kind == 0:
+            out.append(np.broadcast_to(np.arange(b - a) + cur, (3, b - a)))
+            cur += b - a
+            continue
+        left = b - a
+        while left > 0:  # a run may hold several media placed back to back
+            try:
+                t, h, w = (int(v) for v in next(grids[kind]))
+            except StopIteration:
+                raise ValueError(
+                    f"more {'image' if kind == 1 else 'video'} tokens than grids"
+                ) from None
+            gh, gw = h // merge, w // merge
+            if kind == 2 and second_per_grid_ts is not None:
+                interval = np.float32(tps) * np.float32(next(spg))
+                t_index = (np.arange(t, dtype=np.float32) * interval).astype(np.int64)
+            elif kind == 2:
+                t_index = np.arange(t) * tps
+            else:
+                t_index = np.zeros(t, np.int64)
+            tt, hh, ww = np.meshgrid(t_index, np.arange(gh), np.arange(gw), indexing="ij")
+            out.append(np.stack([tt, hh, ww]).reshape(3, -1) + cur)
+            cur += max(gh, gw)
+            left -= t * gh * gw
+        if left < 0:
+            raise ValueError("media token run does not match the grids' token counts")
+    return np.concatenate(out, axis=1) if out else np.zeros((3, 0), np.int64)
+
+
+def rope_index(
+    input_ids: np.ndarray,
+    cfg: ModelConfig,
+    *,
+    attention_mask: np.ndarray | None = None,
+    image_grid_thw: np.ndarray | None = None,
+    video_grid_thw: np.ndarray | None = None,
+    second_per_grid_ts: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Port of `get_rope_index` over a batch, media consumed in order across rows.
+
+    input_ids: int[B, L]; attention_mask: int[B, L] (left or right padding), pads get 0.
+    Returns positions int64[3, B, L] and rope_deltas int64[B, 1] (max position + 1 - length).
+    """
+    ids = np.asarray(input_ids)
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    images = [tuple(g) for g in (image_grid_thw if image_grid_thw is not None else [])]
+    videos = [tuple(g) for g in (video_grid_thw if video_grid_thw is not None else [])]
+    spg = None if second_per_grid_ts is None else list(np.asarray(second_per_grid_ts).reshape(-1))
+    merge2 = cfg.vision.spatial_merge_size**2
+    positions = np.zeros((3, *ids.shape), np.int64)
+    deltas = np.zeros((ids.shape[0], 1), np.int64)
+    for row in range(ids.shape[0]):
+        keep = mask[row].astype(bool)
+        mods = token_modalities(ids[row][keep], cfg)
+        n_img, n_vid = int((mods == 1).sum()), int((mods == 2).sum())
+        row_images = _take_media(images, n_img, merge2, f"row {row} image")
+        row_videos = _take_media(videos, n_vid, merge2, f"row {row} video")
+        row_spg = None
+        if spg is not None:
+            row_spg, spg = spg[: len(row_videos)], spg[len(row_videos) :]
+        pos = sample_rope_positions(mods, row_images, row_videos, row_spg, cfg)
+        positions[:, row, keep] = pos
+        deltas[row, 0] = (pos.max() + 1 if pos.size else 0) - int(keep.sum())
+    return positions, deltas
+
+
+def _take_media(queue: list, n_tokens: int, merge2: int, what: str) -> list:
+    """Pops from `queue` the grids whose token counts sum to `n_tokens`."""
+    taken, count = [], 0
+    while count < n_tokens:
+        if not queue:
+            raise ValueError(f"{what} tokens: {n_tokens}, but the grids provide only {count}")
+        grid = queue.pop(0)
+        taken.append(grid)
+        count += int(np.prod(grid)) // merge2
+    if count != n_tokens:
+        raise ValueError(f"{what} tokens: {n_tokens}, the grids provide {count}")
+    return taken

@@ -1,0 +1,69 @@
+"""The whole Qwen2.5-VL model: ViT -> merger -> vision tokens gathered into the embeddings ->
+decoder -> logits. A pure function of (parameters, `ModelInputs`) once split with `nnx.split`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.model.attention import Backend, segment_mask
+from qwen25vl_jax.model.decoder import Decoder
+from qwen25vl_jax.model.inputs import ModelInputs
+from qwen25vl_jax.model.rope import mrope
+from qwen25vl_jax.model.vision import VisionTower
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what): compute dtype, attention backend, remat policy."""
+
+    dtype: jnp.dtype = jnp.float32
+    backend: Backend | str = Backend.XLA
+    remat: str = "none"
+
+
+class Qwen25VL(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.cfg = cfg
+        self.visual = VisionTower(cfg.vision, rngs=rngs, param_dtype=param_dtype)
+        self.decoder = Decoder(cfg.text, rngs=rngs, param_dtype=param_dtype)
+
+    def embed(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:
+        """Token embeddings with the vision tokens placed at their pad tokens: [B, L, D].
+
+        A gather (not a scatter): each position reads merged token `vision_index` when >= 0,
+        so shapes stay static and the backward pass is a plain scatter-add.
+        """
+        x = self.decoder.embed_tokens(inputs.tokens, dtype=opts.dtype)
+        if inputs.patches.shape[1] == 0:  # static: a text-only batch skips the ViT
+            return x
+        merged = self.visual(
+            inputs.patches, inputs.vit_positions, inputs.vit_segment_ids,
+            dtype=opts.dtype, backend=opts.backend, remat_policy=opts.remat,
+        )  # fmt: skip
+        idx = jnp.maximum(inputs.vision_index, 0)[..., None]
+        gathered = jnp.take_along_axis(merged, idx, axis=1).astype(x.dtype)
+        return jnp.where(inputs.vision_index[..., None] >= 0, gathered, x)
+
+    def hidden(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:
+        """Final (normed) hidden states [B, L, D]: causal attention within each segment."""
+        t = self.cfg.text
+        x = self.embed(inputs, opts)
+        cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
+                         sections=t.mrope_section)  # fmt: skip
+        mask = segment_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
+        return self.decoder(x, cos, sin, mask, dtype=opts.dtype, backend=opts.backend,
+                            remat_policy=opts.remat)  # fmt: skip
+
+    def __call__(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:
+        """float32 logits [B, L, vocab]."""
+        return self.decoder.logits(self.hidden(inputs, opts))
+
+
+def forward(graphdef: nnx.GraphDef, state: nnx.State, inputs: ModelInputs, opts=RunOptions()):
+    """The pure function to jit: logits of `inputs` under parameters `state`."""
+    return nnx.merge(graphdef, state)(inputs, opts)
