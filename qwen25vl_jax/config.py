@@ -149,23 +149,26 @@ class ModelConfig:
         )  # fmt: skip
 
     @classmethod
-    def tiny(cls, **text_overrides: Any) -> ModelConfig:
+    def tiny(cls, vision: dict[str, Any] | None = None, **text_overrides: Any) -> ModelConfig:
         """A small config with distinct (mostly prime) sizes, so a transposed axis fails loudly.
 
         Vision: 3 blocks (block 1 full attention), hidden 36 = 3 heads x 12 (the 2-D rotary
         needs head_dim % 4 == 0), MLP 52, window 56 (2x2 merge units); text: 2 layers, hidden 48,
-        6 heads / 2 kv heads of 8, MLP 70, vocabulary 211.
+        6 heads / 2 kv heads of 8, MLP 70, vocabulary 211. `vision` and `text_overrides`
+        replace fields of the vision and text configs.
         """
         text = dict(
             vocab_size=211, hidden_size=48, intermediate_size=70, num_layers=2, num_heads=6,
             num_kv_heads=2, head_dim=8, mrope_section=(1, 1, 2), max_position_embeddings=4096,
         )  # fmt: skip
         text.update(text_overrides)
+        vis = dict(
+            depth=3, hidden_size=36, intermediate_size=52, num_heads=3, window_size=56,
+            fullatt_block_indexes=(1,), out_hidden_size=text["hidden_size"],
+        )  # fmt: skip
+        vis.update(vision or {})
         return cls(
-            vision=VisionConfig(
-                depth=3, hidden_size=36, intermediate_size=52, num_heads=3, window_size=56,
-                fullatt_block_indexes=(1,), out_hidden_size=text["hidden_size"],
-            ),
+            vision=VisionConfig(**vis),
             text=TextConfig(**text),
             image_token_id=201, video_token_id=202, vision_start_token_id=203,
             vision_end_token_id=204, bos_token_id=205, eos_token_id=206,
