@@ -1,0 +1,1 @@
+"""Training: optimizer with per-module rates and freezing, losses, the sharded step, metrics."""

@@ -1,0 +1,73 @@
+"""One training step's loss and gradients equal those of transformers + torch (float32)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+
+from qwen25vl_jax.data.batch import Batch
+from qwen25vl_jax.hf_weights import expected_names, released_name
+from qwen25vl_jax.model.inputs import inputs_from_hf
+from qwen25vl_jax.model.qwen25vl import RunOptions
+from qwen25vl_jax.train.optimizer import flatten
+from qwen25vl_jax.train.step import loss_sum_and_count
+from tests.cases import make_case
+from tests.hf_reference import hf_inputs_to_torch
+
+REL = 1e-4
+
+
+def batch_with_targets(cfg, arrays, supervised):
+    media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
+    inputs, _ = inputs_from_hf(cfg, arrays["input_ids"], arrays["attention_mask"], **media)
+    tokens = inputs.tokens
+    targets = np.zeros_like(tokens)
+    targets[:, :-1] = tokens[:, 1:]
+    loss_mask = np.zeros(tokens.shape, np.float32)
+    loss_mask[:, :-1] = supervised[:, 1:]
+    fields = {k: getattr(inputs, k) for k in inputs.__dataclass_fields__}
+    return Batch(**fields, targets=targets, loss_mask=loss_mask)
+
+
+def test_loss_and_grads_match_transformers(tiny):
+    cfg = tiny.cfg
+    rows = [[3, ("image", (1, 6, 10)), 12], [2, ("video", (2, 4, 6), 0.75), 9]]
+    arrays = make_case(cfg, rows, seed=5, pad="right")
+    mask = arrays["attention_mask"].astype(bool)
+    supervised = mask & (np.arange(mask.shape[1]) % 3 != 0)  # a non-trivial loss mask
+    supervised &= arrays["input_ids"] < 200  # never predict media tokens
+
+    # reference: mean over supervised next tokens, as transformers' shifted labels
+    kw = hf_inputs_to_torch(cfg, arrays)
+    grids = {k: kw.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+    model = tiny.torch
+    model.zero_grad()
+    pos, _ = model.model.get_rope_index(kw["input_ids"], kw["mm_token_type_ids"],
+                                        attention_mask=kw["attention_mask"], **grids)  # fmt: skip
+    labels = torch.where(torch.from_numpy(supervised), kw["input_ids"], -100)
+    ref_loss = model(**kw, position_ids=pos, labels=labels).loss
+    ref_loss.backward()
+    ref_grads = {released_name(n): p for n, p in model.named_parameters()}
+
+    batch = batch_with_targets(cfg, arrays, supervised)
+    params = flatten(nnx.to_pure_dict(nnx.state(tiny.jax)))
+    graphdef = nnx.graphdef(tiny.jax)
+
+    def mean_loss(p):
+        total, count = loss_sum_and_count(p, {}, batch, graphdef=graphdef, opts=RunOptions(),
+                                          chunk=8)  # fmt: skip
+        return total / count
+
+    loss, grads = jax.jit(jax.value_and_grad(mean_loss))(params)
+    assert abs(float(loss) - ref_loss.item()) <= REL * abs(ref_loss.item())
+    worst = 0.0
+    for rule, layer, name in expected_names(cfg):
+        ref = rule.to_ours(ref_grads[name].grad.numpy(), cfg)
+        ours = np.asarray(grads["/".join(rule.path)])
+        ours = ours if layer is None else ours[layer]
+        rel = np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-12)
+        worst = max(worst, rel)
+        assert rel <= REL, (name, rel)
+    assert worst > 0
