@@ -1,0 +1,212 @@
+"""Answer a question about images / a video, ground objects, or produce parity rollouts.
+
+Chat (streams the answer):
+  python -m experiments.generate --hf_dir=DIR --image=cat.jpg --prompt="Describe the image."
+  python -m experiments.generate --checkpoint=CKPT --tokenizer_dir=DIR --video=clip.mp4 --fps=2 \
+      --prompt="What happens?" --temperature=0.7 --top_p=0.9 --seed=1
+Grounding (boxes / points in the original image's pixels, drawn with labels):
+  python -m experiments.generate --hf_dir=DIR --image=street.jpg --draw=out.png \
+      --prompt='Locate every car, output bbox_2d coordinates in JSON.'
+Parity (processor-format arrays in, generated ids `tokens` int32[B, max_new_tokens] out):
+  python -m experiments.generate --hf_dir=DIR --inputs=case.npz --output=tokens.npz
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory (safetensors).")
+flags.DEFINE_string("checkpoint", None, "Orbax checkpoint directory (from the converter).")
+flags.DEFINE_string("tokenizer_dir", None, "Directory with tokenizer.json (default: the model's).")
+flags.DEFINE_multi_string("image", [], "Image path (repeatable).")
+flags.DEFINE_string("video", None, "Video path.")
+flags.DEFINE_float("fps", 2.0, "Video sampling rate (frames per second).")
+flags.DEFINE_string("prompt", "Describe this image.", "The user's question.")
+flags.DEFINE_string("system", None, "System message (default: the template's).")
+flags.DEFINE_integer("max_new_tokens", 256, "Tokens to generate at most.")
+flags.DEFINE_float("temperature", 0.0, "Sampling temperature; 0 = greedy.")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
+flags.DEFINE_integer("seed", 0, "PRNG seed of the sampler.")
+flags.DEFINE_integer("min_pixels", None, "Smallest resized area (default: the processor's).")
+flags.DEFINE_integer("max_pixels", None, "Largest resized area (default: the processor's).")
+flags.DEFINE_string("inputs", None, "Parity mode: .npz of processor-format arrays.")
+flags.DEFINE_string("output", None, "Parity mode: .npz to write `tokens` to.")
+flags.DEFINE_string("draw", None, "Draw the grounded boxes / points on the first image here.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype.")
+flags.DEFINE_enum("cache_dtype", None, ["float32", "bfloat16"], "KV cache dtype (default dtype).")
+flags.DEFINE_integer("cache_size", None, "KV cache slots (default: prompt bucket + new tokens).")
+
+INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
+              "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
+
+
+def load_model(dtype):
+    """(model, cfg) from --hf_dir or --checkpoint."""
+    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
+        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
+    if FLAGS.hf_dir:
+        from qwen25vl_jax.hf_weights import load_hf
+
+        return load_hf(FLAGS.hf_dir, param_dtype=dtype)
+    from qwen25vl_jax.checkpoint import load_checkpoint  # lazily: written separately
+
+    return load_checkpoint(FLAGS.checkpoint, param_dtype=dtype)
+
+
+def read_inputs(path: str) -> dict[str, np.ndarray]:
+    """Processor-format arrays from an .npz (never unpickled)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in INPUT_KEYS if k in f.files}
+    if "input_ids" not in arrays:
+        raise app.UsageError(f"{path}: no 'input_ids' array")
+    return arrays
+
+
+def build_chat_inputs(cfg, tokenizer):
+    """Encodes the images / video and the chat prompt. Returns (arrays, images) where images is
+    a list of (PIL image, resized (h, w)) for grounding."""
+    from PIL import Image
+
+    from qwen25vl_jax import data
+    from qwen25vl_jax.data.chat import encode_chat
+
+    v = cfg.vision
+    geo = dict(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
+               merge_size=v.spatial_merge_size)  # fmt: skip
+    arrays, images, content = {}, [], []
+    pix, grids = [], []
+    for path in FLAGS.image:
+        img = Image.open(path)
+        img.load()
+        px, grid = data.preprocess_image(
+            img,
+            min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
+            max_pixels=FLAGS.max_pixels or data.MAX_PIXELS,
+            **geo,
+        )
+        pix.append(px)
+        grids.append(grid)
+        images.append((img, (int(grid[1]) * v.patch_size, int(grid[2]) * v.patch_size)))
+        content.append({"type": "image"})
+    if pix:
+        arrays["pixel_values"] = np.concatenate(pix)
+        arrays["image_grid_thw"] = np.stack(grids)
+    if FLAGS.video:
+        frames, fps = data.decode_video(FLAGS.video, fps=FLAGS.fps)
+        px, grid, spg = data.preprocess_video(
+            frames,
+            fps=fps,
+            min_pixels=FLAGS.min_pixels or data.VIDEO_MIN_PIXELS,
+            max_pixels=FLAGS.max_pixels or data.VIDEO_MAX_PIXELS,
+            **geo,
+        )
+        arrays.update(
+            pixel_values_videos=px,
+            video_grid_thw=grid[None],
+            second_per_grid_ts=np.asarray([spg], np.float32),
+        )
+        content.append({"type": "video"})
+    content.append({"type": "text", "text": FLAGS.prompt})
+    messages = [{"role": "user", "content": content}]
+    if FLAGS.system is not None:
+        messages.insert(0, {"role": "system", "content": FLAGS.system})
+    tokens_of = lambda g: [int(np.prod(x)) // v.merge_unit for x in g]
+    ids, _ = encode_chat(
+        tokenizer, messages, add_generation_prompt=True,
+        image_token_counts=tokens_of(arrays.get("image_grid_thw", [])),
+        video_token_counts=tokens_of(arrays.get("video_grid_thw", [])),
+    )  # fmt: skip
+    arrays["input_ids"] = ids[None].astype(np.int64)
+    arrays["attention_mask"] = np.ones_like(arrays["input_ids"])
+    return arrays, images
+
+
+def stream_answer(gen, arrays, tokenizer, stop, gen_kw) -> str:
+    """Prints the answer as tokens arrive (whole characters only); returns it."""
+    ids, printed = [], ""
+    t0 = time.perf_counter()
+    for step in gen.stream(arrays, stop_tokens=stop, **gen_kw):
+        tok = int(step[0])
+        if tok in stop:
+            break
+        ids.append(tok)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            print(text[len(printed) :], end="", flush=True)
+            printed = text
+    dt = time.perf_counter() - t0
+    print(f"\n[{len(ids)} tokens in {dt:.2f} s]", file=sys.stderr)
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def report_grounding(answer: str, images) -> None:
+    """Prints the boxes / points in original-image pixels; draws them with --draw."""
+    from qwen25vl_jax.inference.grounding import draw_detections, ground
+
+    wants = FLAGS.draw or "bbox_2d" in answer or "point_2d" in answer
+    if not wants:
+        return
+    if not images:
+        print("grounding: no image given, nothing to map the coordinates to", file=sys.stderr)
+        return
+    if len(images) > 1:
+        print("grounding: coordinates are read against the first image", file=sys.stderr)
+    img, resized = images[0]
+    result = ground(answer, resized, (img.height, img.width))
+    for problem in result.problems:
+        print(f"grounding: {problem}", file=sys.stderr)
+    for d in result.detections:
+        coords = ", ".join(f"{c:.1f}" for c in d.coords)
+        print(f"{d.kind} [{coords}] {d.label or ''}".rstrip())
+    if FLAGS.draw:
+        draw_detections(img, result.detections).save(FLAGS.draw)
+        print(f"grounding: {len(result.detections)} drawn to {FLAGS.draw}", file=sys.stderr)
+
+
+def main(argv):
+    del argv
+    import jax
+    import jax.numpy as jnp
+
+    from qwen25vl_jax.inference import Generator, Sampling
+    from qwen25vl_jax.model.qwen25vl import RunOptions
+
+    if bool(FLAGS.inputs) != bool(FLAGS.output):
+        raise app.UsageError("--inputs and --output go together (parity mode)")
+    dtype = jnp.dtype(FLAGS.dtype)
+    model, cfg = load_model(dtype)
+    gen = Generator(model, opts=RunOptions(dtype=dtype), cache_dtype=FLAGS.cache_dtype)
+    gen_kw = dict(
+        max_new_tokens=FLAGS.max_new_tokens, key=jax.random.key(FLAGS.seed),
+        sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
+        cache_size=FLAGS.cache_size,
+    )  # fmt: skip
+    if FLAGS.inputs:
+        out = gen.generate(read_inputs(FLAGS.inputs), **gen_kw)
+        np.savez(FLAGS.output, tokens=out.tokens.astype(np.int32))
+        print(f"wrote tokens {out.tokens.shape} to {FLAGS.output}")
+        return
+
+    from qwen25vl_jax.data.tokenizer import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(FLAGS.tokenizer_dir or FLAGS.hf_dir or FLAGS.checkpoint)
+    except FileNotFoundError as err:
+        raise app.UsageError(f"{err}; or pass --tokenizer_dir") from None
+    stop = tuple(
+        t for t in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
+        if t is not None
+    ) or (cfg.eos_token_id, cfg.bos_token_id)  # fmt: skip
+    arrays, images = build_chat_inputs(cfg, tokenizer)
+    answer = stream_answer(gen, arrays, tokenizer, stop, gen_kw)
+    report_grounding(answer, images)
+
+
+if __name__ == "__main__":
+    app.run(main)

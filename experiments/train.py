@@ -1,0 +1,140 @@
+"""Trains Qwen2.5-VL on a device mesh: the report's stages and SFT, with exact resumption.
+
+  python -m experiments.train --config=experiments/configs/sft.py:7b --workdir=/ckpt/run1 \
+      --config.model.init_checkpoint=/ckpt/qwen25vl-7b --config.optim.lr=2e-5
+
+A workdir that already holds a checkpoint resumes from its latest complete step (model,
+optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU clusters
+`jax.distributed.initialize()` auto-detects; elsewhere pass --coordinator_address,
+--num_processes and --process_id (and --cpu_collectives=gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.data.packing import Bucket
+from qwen25vl_jax.sharding import make_mesh
+from qwen25vl_jax.train.metrics import MetricWriter, Throughput, batch_flops, peak_flops
+from qwen25vl_jax.train.optimizer import OptimConfig
+from qwen25vl_jax.train.synthetic import SyntheticBatches
+from qwen25vl_jax.train.trainer import StepConfig, Trainer
+
+config_flags.DEFINE_config_file("config", None, "training config file (experiments/configs)")
+flags.DEFINE_string("workdir", None, "checkpoints and TensorBoard logs", required=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
+flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
+flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
+flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"], "CPU collectives for multi-process")
+flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() (auto-detect)")
+flags.DEFINE_float("peak_tflops", None, "per-device peak TFLOP/s for MFU where not known")
+FLAGS = flags.FLAGS
+
+PRESETS = {"tiny": ModelConfig.tiny, "3b": ModelConfig.qwen25vl_3b, "7b": ModelConfig.qwen25vl_7b,
+           "32b": ModelConfig.qwen25vl_32b, "72b": ModelConfig.qwen25vl_72b}  # fmt: skip
+
+
+def init_distributed():
+    if FLAGS.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+
+def model_and_params(c):
+    """(ModelConfig, flat-or-nested params or None for random init) from the config."""
+    if c.model.init_checkpoint:
+        from qwen25vl_jax.checkpoint import load_checkpoint
+
+        model, cfg = load_checkpoint(c.model.init_checkpoint)
+    elif c.model.init_hf_dir:
+        from qwen25vl_jax.hf_weights import load_hf
+
+        model, cfg = load_hf(c.model.init_hf_dir)
+    else:
+        return PRESETS[c.model.preset](), None
+    from flax import nnx
+
+    return cfg, nnx.to_pure_dict(nnx.state(model))
+
+
+def make_data(c, cfg: ModelConfig):
+    bucket = Bucket(c.data.seq_len, c.data.num_slots)
+    if c.data.source == "synthetic":
+        return SyntheticBatches(
+            cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            repeat=c.data.synthetic_repeat,
+        )  # fmt: skip
+    from qwen25vl_jax.data.pipeline import make_train_iterator
+
+    return make_train_iterator(
+        c.data, cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed
+    )
+
+
+def dataclass_from(cls, d):
+    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def train(c, workdir: str) -> list[float]:
+    """Runs the configured training; returns the losses of the steps it ran."""
+    cfg, params = model_and_params(c)
+    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    optim = dataclass_from(OptimConfig, c.optim.to_dict())
+    trainer = Trainer(
+        cfg, optim, dataclass_from(StepConfig, c.step.to_dict()), mesh, workdir,
+        save_every=c.train.save_every, keep=c.train.keep, async_save=c.train.async_save,
+    )  # fmt: skip
+    data = make_data(c, cfg)
+    if trainer.latest_step() is not None:
+        state, data_state = trainer.restore()
+        if data_state is not None:
+            data.set_state(data_state)
+        logging.info("resumed from step %d", int(state.step))
+    else:
+        state = trainer.init_state(params, seed=c.train.seed)
+    del params
+    writer = MetricWriter(workdir)
+    meter = Throughput(jax.device_count(), peak_flops(jax.devices()[0],
+                       FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None))  # fmt: skip
+    losses, flops, real, padded, since = [], 0.0, 0.0, 0.0, 0
+    step = int(state.step)
+    while step < c.train.steps:
+        batch = next(data)
+        f = batch_flops(cfg, batch, optim)["total"] * jax.process_count()
+        state, metrics = trainer.step(state, batch)
+        step += 1
+        flops, since = flops + f, since + 1
+        real += float((batch.segment_ids > 0).sum()) * jax.process_count()
+        padded += batch.segment_ids.size * jax.process_count()
+        trainer.save(state, data.get_state())
+        if step % c.train.log_every == 0 or step == c.train.steps:
+            metrics = jax.device_get(metrics)
+            losses.append(float(metrics["loss"]))
+            scalars = {**metrics, **meter.update(flops, real, padded, since)}
+            writer.write(step, scalars)
+            flops, real, padded, since = 0.0, 0.0, 0.0, 0
+    trainer.save(state, data.get_state(), force=True)
+    trainer.close()
+    writer.close()
+    return losses
+
+
+def main(argv):
+    del argv
+    init_distributed()
+    np.set_printoptions(precision=6)
+    train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
