@@ -45,18 +45,22 @@ RULES: dict[str, tuple[str, ...]] = {
 def make_mesh(
     data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-    """A (data, fsdp, tensor) mesh; `-1` on `data` takes the devices left over."""
+    """A (data, fsdp, tensor) mesh over all (or the given) devices; one axis may be -1, taking
+    the devices the others leave."""
     devices = list(devices if devices is not None else jax.devices())
-    if data == -1:
-        if len(devices) % (fsdp * tensor):
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    if -1 in sizes:
+        rest = int(np.prod([s for s in sizes if s != -1]))
+        if len(devices) % rest:
             raise ValueError(
-                f"{len(devices)} devices do not split into fsdp={fsdp} x tensor={tensor}"
+                f"{len(devices)} devices do not split into {dict(zip(MESH_AXES, sizes))}"
             )
-        data = len(devices) // (fsdp * tensor)
-    if data * fsdp * tensor != len(devices):
-        raise ValueError(f"mesh {data}x{fsdp}x{tensor} != {len(devices)} devices")
-    arr = np.asarray(devices, dtype=object).reshape(data, fsdp, tensor)
-    return Mesh(arr, MESH_AXES)
+        sizes[sizes.index(-1)] = len(devices) // rest
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} != {len(devices)} devices")
+    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), MESH_AXES)
 
 
 def logical_to_spec(

@@ -37,8 +37,10 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
         "steps": 10000, "batch_size": batch, "seed": 0, "log_every": 10, "save_every": 500,
         "keep": 3, "async_save": True,
     })  # fmt: skip
-    # fsdp -1: all devices not used by data and tensor
-    c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": fsdp, "tensor": tensor})
+    # -1: the devices the other axes leave (tiny: all on data; real sizes: all on fsdp)
+    c.mesh = ml_collections.ConfigDict(
+        {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "tensor": tensor}
+    )
     c.data = ml_collections.ConfigDict({
         "source": "synthetic",  # synthetic | jsonl | arrayrecord
         "paths": "", "media_root": "", "seq_len": seq_len, "num_slots": slots,
