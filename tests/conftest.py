@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-import jax
-import pytest
+import os
+
+# XLA's backend optimisations (LLVM passes) dominate compile time of the many small programs the
+# tests build and buy nothing at these sizes: level 0 cuts the suite's time ~3x on 2 cores.
+# Numerics are unchanged (no fast-math either way). Benchmarks never set this.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.hf_weights import load_hf

@@ -98,7 +98,7 @@ def train_step(
     trainable = optax.apply_updates(state.trainable, updates)
     metrics = {
         "loss": loss_sum / denom,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "supervised_tokens": count,
         "real_tokens": (batch.segment_ids > 0).sum().astype(jnp.float32),
     }
