@@ -99,6 +99,26 @@ class SafetensorsFile:
             offset=self._start + e["data_offsets"][0], shape=shape,
         )  # fmt: skip
 
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of the tensor read into memory with file reads (several times
+        faster than faulting a memory map in page by page; the streaming converters use it)."""
+        e, shape, dtype = self._entries[name], self.shape(name), self.dtype(name)
+        if shape:
+            stop = shape[0] if stop is None else min(stop, shape[0])
+            out = np.empty((max(stop - start, 0), *shape[1:]), dtype)
+        else:
+            start, out = 0, np.empty((), dtype)
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        buf, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._start + e["data_offsets"][0] + start * row)
+            while done < len(buf):  # one read() returns at most ~2 GiB
+                n = f.readinto(buf[done : done + (1 << 30)])
+                if not n:
+                    raise SafetensorsError(f"{self.path}: tensor {name!r}: truncated file")
+                done += n
+        return out
+
 
 class SafetensorsDir:
     """A checkpoint directory: `model.safetensors`, or shards listed by
@@ -167,6 +187,9 @@ class SafetensorsDir:
     def get(self, name: str) -> np.ndarray:
         return self.file(name).get(name)
 
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.file(name).read(name, start, stop)
+
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._where:
             yield name, self.get(name)
@@ -196,7 +219,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata=None) 
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for a in tensors.values():
-                f.write(np.ascontiguousarray(a).tobytes())
+                f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # no bytes copy
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

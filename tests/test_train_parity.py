@@ -7,9 +7,8 @@ import numpy as np
 import torch
 from flax import nnx
 
-from qwen25vl_jax.data.batch import Batch
+from qwen25vl_jax.data.batch import batch_from_hf
 from qwen25vl_jax.hf_weights import expected_names, released_name
-from qwen25vl_jax.model.inputs import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import RunOptions
 from qwen25vl_jax.train.optimizer import flatten
 from qwen25vl_jax.train.step import loss_sum_and_count
@@ -17,18 +16,6 @@ from tests.cases import make_case
 from tests.hf_reference import hf_inputs_to_torch
 
 REL = 1e-4
-
-
-def batch_with_targets(cfg, arrays, supervised):
-    media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, _ = inputs_from_hf(cfg, arrays["input_ids"], arrays["attention_mask"], **media)
-    tokens = inputs.tokens
-    targets = np.zeros_like(tokens)
-    targets[:, :-1] = tokens[:, 1:]
-    loss_mask = np.zeros(tokens.shape, np.float32)
-    loss_mask[:, :-1] = supervised[:, 1:]
-    fields = {k: getattr(inputs, k) for k in inputs.__dataclass_fields__}
-    return Batch(**fields, targets=targets, loss_mask=loss_mask)
 
 
 def test_loss_and_grads_match_transformers(tiny):
@@ -51,7 +38,7 @@ def test_loss_and_grads_match_transformers(tiny):
     ref_loss.backward()
     ref_grads = {released_name(n): p for n, p in model.named_parameters()}
 
-    batch = batch_with_targets(cfg, arrays, supervised)
+    batch = batch_from_hf(cfg, arrays, supervised)
     params = flatten(nnx.to_pure_dict(nnx.state(tiny.jax)))
     graphdef = nnx.graphdef(tiny.jax)
 

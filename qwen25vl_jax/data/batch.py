@@ -11,7 +11,7 @@ import numpy as np
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.model.indices import layout_slots, sample_rope_positions, token_modalities
-from qwen25vl_jax.model.inputs import ModelInputs
+from qwen25vl_jax.model.inputs import ModelInputs, inputs_from_hf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +106,17 @@ def stack_examples(examples: Sequence[dict[str, np.ndarray]]) -> Batch:
     arrays = {k: np.stack([e[k] for e in examples]) for k in names if k != "positions"}
     arrays["positions"] = np.stack([e["positions"] for e in examples], axis=1)  # [3, B, L]
     return Batch(**arrays)
+
+
+def batch_from_hf(cfg: ModelConfig, arrays: dict, supervised: np.ndarray) -> Batch:
+    """A training `Batch` from Hugging Face processor arrays (`input_ids`, `attention_mask`,
+    pixel / grid arrays) and `supervised` bool[B, L]: the tokens to predict (as labels != -100
+    in transformers; the shift to next-token targets happens here)."""
+    media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
+    inputs, _ = inputs_from_hf(cfg, arrays["input_ids"], arrays.get("attention_mask"), **media)
+    targets = np.zeros_like(inputs.tokens)
+    targets[:, :-1] = inputs.tokens[:, 1:]
+    loss_mask = np.zeros(inputs.tokens.shape, np.float32)
+    loss_mask[:, :-1] = np.asarray(supervised, bool)[:, 1:]
+    fields = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(ModelInputs)}
+    return Batch(**fields, targets=targets, loss_mask=loss_mask)
