@@ -9,6 +9,7 @@ from flax import nnx
 from qwen25vl_jax.config import TextConfig
 from qwen25vl_jax.model.attention import attention
 from qwen25vl_jax.model.layers import cast, param, rms_norm, swiglu
+from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.remat import remat
 from qwen25vl_jax.model.rope import apply_rope
 from qwen25vl_jax.sharding import constrain
@@ -81,15 +82,16 @@ class Decoder(nnx.Module):
     def layer_params(self, dtype) -> dict:
         return cast(nnx.to_pure_dict(nnx.state(self.layers)), dtype)
 
-    def __call__(self, x, cos, sin, mask, *, dtype, backend="xla", remat_policy="none"):
+    def __call__(self, x, cos, sin, mask, opts: RunOptions) -> jax.Array:
         """x: [B, L, D] input embeddings -> final hidden states [B, L, D] (normed)."""
         cfg = self.cfg
 
         def body(x, p):
-            return decoder_layer(p, x, cos, sin, mask, cfg=cfg, backend=backend), None
+            return decoder_layer(p, x, cos, sin, mask, cfg=cfg, backend=opts.backend), None
 
-        x, _ = jax.lax.scan(remat(body, remat_policy), x, self.layer_params(dtype))
-        return rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
+        params = self.layer_params(opts.dtype)
+        x, _ = jax.lax.scan(remat(body, opts.remat), x, params, unroll=opts.unroll)
+        return rms_norm(x, self.final_norm[...].astype(opts.dtype), cfg.rms_norm_eps)
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h: [B, L, D] -> float32 logits [B, L, V] (matmul accumulates in float32)."""

@@ -3,27 +3,17 @@ decoder -> logits. A pure function of (parameters, `ModelInputs`) once split wit
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.model.attention import Backend, segment_mask
+from qwen25vl_jax.model.attention import segment_mask
 from qwen25vl_jax.model.decoder import Decoder
 from qwen25vl_jax.model.inputs import ModelInputs
+from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.model.vision import VisionTower
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """How to run (not what): compute dtype, attention backend, remat policy."""
-
-    dtype: jnp.dtype = jnp.float32
-    backend: Backend | str = Backend.XLA
-    remat: str = "none"
 
 
 class Qwen25VL(nnx.Module):
@@ -41,10 +31,7 @@ class Qwen25VL(nnx.Module):
         x = self.decoder.embed_tokens(inputs.tokens, dtype=opts.dtype)
         if inputs.patches.shape[1] == 0:  # static: a text-only batch skips the ViT
             return x
-        merged = self.visual(
-            inputs.patches, inputs.vit_positions, inputs.vit_segment_ids,
-            dtype=opts.dtype, backend=opts.backend, remat_policy=opts.remat,
-        )  # fmt: skip
+        merged = self.visual(inputs.patches, inputs.vit_positions, inputs.vit_segment_ids, opts)
         idx = jnp.maximum(inputs.vision_index, 0)[..., None]
         gathered = jnp.take_along_axis(merged, idx, axis=1).astype(x.dtype)
         return jnp.where(inputs.vision_index[..., None] >= 0, gathered, x)
@@ -56,8 +43,7 @@ class Qwen25VL(nnx.Module):
         cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
                          sections=t.mrope_section)  # fmt: skip
         mask = segment_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
-        return self.decoder(x, cos, sin, mask, dtype=opts.dtype, backend=opts.backend,
-                            remat_policy=opts.remat)  # fmt: skip
+        return self.decoder(x, cos, sin, mask, opts)
 
     def __call__(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:
         """float32 logits [B, L, vocab]."""

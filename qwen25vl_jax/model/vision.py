@@ -17,6 +17,7 @@ from qwen25vl_jax.config import VisionConfig
 from qwen25vl_jax.model.attention import attention, segment_mask
 from qwen25vl_jax.model.layers import cast, param, rms_norm, swiglu
 from qwen25vl_jax.model.merger import PatchMerger
+from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.remat import remat
 from qwen25vl_jax.model.rope import apply_rope, vision_rope
 
@@ -90,35 +91,40 @@ class VisionTower(nnx.Module):
         self.blocks = VisionBlocks(cfg, rngs=rngs, param_dtype=param_dtype)
         self.merger = PatchMerger(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def encode(self, patches, positions, segment_ids, *, dtype, backend="xla", remat_policy="none"):
+    def encode(self, patches, positions, segment_ids, opts: RunOptions) -> jax.Array:
         """Runs the patch embedding and all blocks, before the merger.
 
         patches: float [B, N, patch_dim] (N a multiple of `window_patches`); positions: int
-        [B, N, 2]; segment_ids: int [B, N]. Returns [B, N, hidden_size] in `dtype`.
+        [B, N, 2]; segment_ids: int [B, N]. Returns [B, N, hidden_size] in `opts.dtype`.
         """
-        cfg = self.cfg
+        cfg, dtype = self.cfg, opts.dtype
         x = jnp.einsum("BNP,PD->BND", patches.astype(dtype), self.patch_embed[...].astype(dtype))
         cos, sin = vision_rope(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
         stacked = cast(nnx.to_pure_dict(nnx.state(self.blocks)), dtype)
-        is_full = (
-            jnp.zeros((cfg.depth,), bool).at[jnp.asarray(cfg.fullatt_block_indexes, int)].set(True)
-        )
+        # one scan per run of consecutive blocks of the same kind (window / full): the kind is
+        # static in each body, so nothing computes or compiles the attention it does not use
+        for start, stop, full in block_runs(cfg):
 
-        def body(x, layer):
-            p, full = layer
-            run = lambda f: vision_block(
-                p, x, cos, sin, segment_ids, full=f, cfg=cfg, backend=backend
-            )
-            return jax.lax.cond(full, lambda: run(True), lambda: run(False)), None
+            def body(x, p, full=full):
+                out = vision_block(p, x, cos, sin, segment_ids, full=full, cfg=cfg,
+                                   backend=opts.backend)  # fmt: skip
+                return out, None
 
-        x, _ = jax.lax.scan(remat(body, remat_policy), x, (stacked, is_full))
+            run = jax.tree.map(lambda a, start=start, stop=stop: a[start:stop], stacked)
+            x, _ = jax.lax.scan(remat(body, opts.remat), x, run, unroll=opts.unroll)
         return x
 
-    def __call__(
-        self, patches, positions, segment_ids, *, dtype, backend="xla", remat_policy="none"
-    ):
+    def __call__(self, patches, positions, segment_ids, opts: RunOptions) -> jax.Array:
         """Merged tokens [B, N / 4, out_hidden_size]; slot u merges layout patches 4u..4u+3."""
-        x = self.encode(
-            patches, positions, segment_ids, dtype=dtype, backend=backend, remat_policy=remat_policy
-        )
-        return self.merger(x, dtype=dtype)
+        return self.merger(self.encode(patches, positions, segment_ids, opts), dtype=opts.dtype)
+
+
+def block_runs(cfg: VisionConfig) -> list[tuple[int, int, bool]]:
+    """(start, stop, full) for each run of consecutive blocks of one attention kind."""
+    full = set(cfg.fullatt_block_indexes)
+    runs, start = [], 0
+    for i in range(1, cfg.depth + 1):
+        if i == cfg.depth or (i in full) != (start in full):
+            runs.append((start, i, start in full))
+            start = i
+    return runs

@@ -7,7 +7,13 @@ import jax.numpy as jnp
 
 
 def chunked_cross_entropy(
-    hidden: jax.Array, logits_fn, targets: jax.Array, mask: jax.Array, *, chunk: int = 1024
+    hidden: jax.Array,
+    logits_fn,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    chunk: int = 1024,
+    unroll: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """Sum of token losses and number of supervised tokens.
 
@@ -39,6 +45,9 @@ def chunked_cross_entropy(
         return total + one(*xs), None
 
     total, _ = jax.lax.scan(
-        body, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(mask))
+        body,
+        jnp.zeros((), jnp.float32),
+        (split(hidden), split(targets), split(mask)),
+        unroll=unroll,
     )
     return total, mask.sum()

@@ -47,7 +47,12 @@ def loss_sum_and_count(
     model = nnx.merge(graphdef, unflatten({**trainable, **frozen}))
     hidden = model.hidden(batch, opts)
     return chunked_cross_entropy(
-        hidden, model.decoder.logits, batch.targets, batch.loss_mask, chunk=chunk
+        hidden,
+        model.decoder.logits,
+        batch.targets,
+        batch.loss_mask,
+        chunk=chunk,
+        unroll=opts.unroll,
     )
 
 

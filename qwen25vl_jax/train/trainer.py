@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from qwen25vl_jax.checkpoint import param_save_args
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.batch import Batch
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
@@ -57,10 +58,12 @@ class StepConfig:
     backend: str = "xla"
     accum_steps: int = 1
     loss_chunk: int = 1024
+    unroll: bool = False  # unroll layer scans (exact XLA cost analysis)
 
     @property
     def run_options(self) -> RunOptions:
-        return RunOptions(dtype=jnp.dtype(self.dtype), backend=self.backend, remat=self.remat)
+        return RunOptions(dtype=jnp.dtype(self.dtype), backend=self.backend, remat=self.remat,
+                          unroll=self.unroll)  # fmt: skip
 
 
 def param_names(model_cfg: ModelConfig) -> dict[str, tuple]:
@@ -183,7 +186,8 @@ class Trainer:
             return False
         meta = {"step": step, "rng": np.asarray(state.rng).tolist(), "data": data_state}
         args = ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
+            # one storage chunk per layer: exports (orbax_to_hf) stream layer by layer
+            params=ocp.args.StandardSave(state.params, save_args=param_save_args(state.params)),
             opt_state=ocp.args.StandardSave(state.opt_state),
             train=ocp.args.JsonSave(meta),
             config=ocp.args.JsonSave(self.model_cfg.to_hf_dict()),
