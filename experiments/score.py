@@ -30,10 +30,8 @@ flags.DEFINE_string(
     "hf_dir", None, "Hugging Face checkpoint directory (config.json + safetensors)."
 )
 flags.DEFINE_string("checkpoint", None, "Orbax checkpoint directory (from checkpoints_convert).")
-flags.DEFINE_string("inputs", None, "processor-format .npz", required=True)
-flags.DEFINE_string(
-    "output", None, ".npz to write logits, position_ids, rope_deltas", required=True
-)
+flags.DEFINE_string("inputs", None, "processor-format .npz")
+flags.DEFINE_string("output", None, ".npz to write logits, position_ids, rope_deltas")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter and compute dtype")
 flags.DEFINE_enum("backend", "xla", ["xla", "cudnn"], "attention backend")
 
@@ -106,4 +104,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["inputs", "output"])
     app.run(main)
