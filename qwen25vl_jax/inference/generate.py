@@ -1,0 +1,376 @@
+"""Batched generation: one compiled prefill per shape bucket, one compiled decode step.
+
+Host side, `prepare_batch` left-aligns the prompts (left padding), pads their length to a
+multiple of `length_bucket` and the ViT slots to a multiple of `patch_bucket`, and computes the
+3-D positions and the `rope_deltas` of *this* batch. On the device:
+
+- prefill: the vision tower runs once, the decoder fills the KV cache, the first token is
+  chosen from the last position's logits;
+- decode step: feeds the last token of every row, writes one cache slot, chooses the next.
+  The position of a fed token is its text position (the number of real tokens before it) plus
+  the row's rope_delta, as transformers' `compute_3d_position_ids` (and, equivalently for a
+  prompt ending in text, `generate`'s last position + 1);
+- `generate` runs the step under one `lax.while_loop` (no host round trip per token, stops
+  early once every row is done); `stream` calls the same step from Python and yields tokens.
+
+Every step has the same shapes (the cache is static, the step count and `max_new_tokens` are
+traced), so neither the prompt length within a bucket nor the number of tokens recompiles.
+A stop token is emitted, then its row is done and receives `pad_token`, as transformers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.inference.kv_cache import KVCache, decode_layers, init_cache, prefill_layers
+from qwen25vl_jax.inference.sampling import Sampling, sample
+from qwen25vl_jax.model.inputs import ModelInputs, inputs_from_hf
+from qwen25vl_jax.model.layers import rms_norm
+from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
+from qwen25vl_jax.model.rope import mrope
+from qwen25vl_jax.sharding import logical_to_spec, state_shardings
+
+# Incremented when (and only when) a function is traced: a compile counter for tests.
+TRACES: collections.Counter = collections.Counter()
+MAX_STOP_TOKENS = 8  # stop ids are data (padded with -1), so changing them compiles nothing
+
+MEDIA_KEYS = (
+    "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
+    "second_per_grid_ts",
+)  # fmt: skip
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+def geometric_bucket(n: int) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (2^k and 1.5 * 2^k) that is >= n:
+    at most ~1.5x padding, and few distinct shapes."""
+    p = 1 << (max(int(n), 1) - 1).bit_length()  # the power of two >= n
+    return 3 * (p >> 2) if 3 * (p >> 2) >= n else p
+
+
+# ---- host side --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PreparedBatch:
+    """A left-padded, bucketed prompt batch. inputs: `ModelInputs` with L = a multiple of the
+    length bucket; rope_deltas, num_real: int32[B] (real prompt tokens per row)."""
+
+    inputs: ModelInputs
+    rope_deltas: np.ndarray
+    num_real: np.ndarray
+
+    @property
+    def prompt_len(self) -> int:
+        return self.inputs.tokens.shape[1]
+
+
+def prepare_batch(
+    cfg: ModelConfig,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    length_bucket: int = 64,
+    patch_bucket: int | None = None,
+    pad_token: int | None = None,
+) -> PreparedBatch:
+    """Processor-format arrays (`input_ids`, `attention_mask`, media) -> `PreparedBatch`.
+
+    Rows may be left or right padded (or not at all): real tokens are moved to the right end.
+    length_bucket: the prompt length is rounded up to a multiple of it. patch_bucket: the ViT
+    slots per row are rounded up to a multiple of it (a multiple of `window_patches`); None =
+    a geometric bucket of windows (1, 2, 3, 4, 6, 8, 12, ... windows): the ViT's full-attention
+    layers cost grows with the square of the slots, so fixed coarse multiples waste the most.
+    """
+    ids = np.asarray(arrays["input_ids"], np.int64)
+    if ids.ndim == 1:
+        ids = ids[None]
+    mask = np.asarray(arrays.get("attention_mask", np.ones_like(ids)), np.int64).reshape(ids.shape)
+    num_real = mask.sum(-1)
+    if (num_real == 0).any():
+        raise ValueError("every row needs at least one prompt token")
+    length = round_up(num_real.max(), length_bucket)
+    pad = cfg.bos_token_id if pad_token is None else pad_token
+    new_ids = np.full((ids.shape[0], length), pad, np.int64)
+    new_mask = np.zeros_like(new_ids)
+    for row in range(ids.shape[0]):
+        new_ids[row, length - num_real[row] :] = ids[row][mask[row].astype(bool)]
+        new_mask[row, length - num_real[row] :] = 1
+    media = {k: np.asarray(arrays[k]) for k in MEDIA_KEYS if arrays.get(k) is not None}
+    inputs, deltas = inputs_from_hf(cfg, new_ids, new_mask, **media)
+    slots, wp = inputs.patches.shape[1], cfg.vision.window_patches
+    if slots:
+        if patch_bucket is None:
+            bucket = geometric_bucket(slots // wp) * wp
+        elif patch_bucket % wp:
+            raise ValueError(f"patch_bucket {patch_bucket} is not a multiple of {wp} patches")
+        else:
+            bucket = round_up(slots, patch_bucket)
+        if bucket != slots:
+            inputs, _ = inputs_from_hf(cfg, new_ids, new_mask, num_patches=bucket, **media)
+    return PreparedBatch(inputs, deltas[:, 0].astype(np.int32), num_real.astype(np.int32))
+
+
+# ---- device side ------------------------------------------------------------------------------
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    """Everything the decode step carries.
+
+    cache: the KV cache; tokens: int32[B, T] output buffer (pad-filled); logits: float32[B, T, V]
+    or None; step: int32[] tokens produced so far; last: int32[B] the last token produced (the
+    next input); pos: int32[B] its text position; deltas: int32[B] rope_deltas; done: bool[B];
+    key: the PRNG key (step s samples with fold_in(key, s)); stop: int32[MAX_STOP_TOKENS] stop
+    ids (-1 = none); pad: int32[] the token emitted by finished rows.
+    """
+
+    cache: KVCache
+    tokens: jax.Array
+    logits: jax.Array | None
+    step: jax.Array
+    last: jax.Array
+    pos: jax.Array
+    deltas: jax.Array
+    done: jax.Array
+    key: jax.Array
+    stop: jax.Array
+    pad: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """The static (hashable) options of the compiled functions."""
+
+    sampling: Sampling
+    opts: RunOptions
+
+
+def _final_logits(model: Qwen25VL, h: jax.Array, opts: RunOptions) -> jax.Array:
+    """h: [B, 1, D] last-layer output -> float32 logits [B, V] (final norm as the decoder)."""
+    norm = model.decoder.final_norm[...].astype(opts.dtype)
+    return model.decoder.logits(rms_norm(h, norm, model.cfg.text.rms_norm_eps))[:, 0]
+
+
+def _record(ds: DecodeState, logits: jax.Array, st: _Static) -> DecodeState:
+    """Chooses token `ds.step` from logits [B, V], writes it and advances the step."""
+    tok = sample(logits, jax.random.fold_in(ds.key, ds.step), st.sampling)
+    tok = jnp.where(ds.done, ds.pad, tok)
+    done = ds.done | jnp.isin(tok, ds.stop)
+    tokens = jax.lax.dynamic_update_slice_in_dim(ds.tokens, tok[:, None], ds.step, axis=1)
+    out_logits = ds.logits
+    if out_logits is not None:
+        out_logits = jax.lax.dynamic_update_slice_in_dim(out_logits, logits[:, None], ds.step, 1)
+    return dataclasses.replace(
+        ds, tokens=tokens, logits=out_logits, step=ds.step + 1, last=tok, done=done
+    )
+
+
+def _prefill(graphdef, state, inputs, deltas, num_real, key, stop, pad, *, cache_size,
+             cache_dtype, out_len, return_logits, st: _Static) -> DecodeState:  # fmt: skip
+    """ViT + decoder over the bucketed prompt into a fresh cache of `cache_size` slots; chooses
+    token 0. deltas, num_real: int32[B]; stop: int32[MAX_STOP_TOKENS]; pad: int32[]."""
+    TRACES["prefill"] += 1
+    model: Qwen25VL = nnx.merge(graphdef, state)
+    t, opts = model.cfg.text, st.opts
+    b = inputs.tokens.shape[0]
+    x = model.embed(inputs, opts)  # the vision tower runs here, once
+    cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
+                     sections=t.mrope_section)  # fmt: skip
+    cache = init_cache(t, b, cache_size, cache_dtype)
+    h, cache = prefill_layers(model.decoder.layer_params(opts.dtype), x, cos, sin,
+                              inputs.segment_ids, cache, cfg=t, backend=opts.backend)  # fmt: skip
+    logits = _final_logits(model, h[:, -1:], opts)  # left padding: the last column is real
+    ds = DecodeState(
+        cache=cache,
+        tokens=jnp.full((b, out_len), pad, jnp.int32),
+        logits=jnp.zeros((b, out_len, logits.shape[-1]), jnp.float32) if return_logits else None,
+        step=jnp.zeros((), jnp.int32),
+        last=jnp.zeros((b,), jnp.int32),
+        pos=num_real.astype(jnp.int32),
+        deltas=deltas.astype(jnp.int32),
+        done=jnp.zeros((b,), bool),
+        key=key,
+        stop=stop,
+        pad=pad,
+    )
+    return _record(ds, logits, st)
+
+
+def _step_body(model: Qwen25VL, ds: DecodeState, st: _Static) -> DecodeState:
+    """Feeds `ds.last` at 3-D position text position + rope_delta (all three axes, as text)."""
+    t, opts = model.cfg.text, st.opts
+    x = model.decoder.embed_tokens(ds.last[:, None], dtype=opts.dtype)  # [B, 1, D]
+    positions = jnp.broadcast_to((ds.pos + ds.deltas)[None, :, None], (3, x.shape[0], 1))
+    cos, sin = mrope(positions, head_dim=t.head_dim, theta=t.rope_theta, sections=t.mrope_section)
+    h, cache = decode_layers(model.decoder.layer_params(opts.dtype), x, cos, sin, ds.cache, cfg=t)
+    ds = dataclasses.replace(ds, cache=cache, pos=ds.pos + 1)
+    return _record(ds, _final_logits(model, h, opts), st)
+
+
+def _decode_step(graphdef, state, ds: DecodeState, *, st: _Static) -> DecodeState:
+    TRACES["decode_step"] += 1
+    return _step_body(nnx.merge(graphdef, state), ds, st)
+
+
+def _decode_loop(graphdef, state, ds: DecodeState, max_new_tokens, *, st: _Static):
+    """Steps until `max_new_tokens` (traced) tokens are produced or every row is done."""
+    TRACES["decode_loop"] += 1
+    model = nnx.merge(graphdef, state)
+    limit = jnp.minimum(max_new_tokens, ds.tokens.shape[1])
+    cond = lambda ds: (ds.step < limit) & ~jnp.all(ds.done)
+    return jax.lax.while_loop(cond, lambda ds: _step_body(model, ds, st), ds)
+
+
+_STATIC = ("graphdef", "st")
+prefill_fn = jax.jit(
+    _prefill, static_argnames=(*_STATIC, "cache_size", "cache_dtype", "out_len", "return_logits")
+)
+decode_step_fn = jax.jit(_decode_step, static_argnames=_STATIC, donate_argnames=("ds",))
+decode_loop_fn = jax.jit(_decode_loop, static_argnames=_STATIC, donate_argnames=("ds",))
+
+
+# ---- the user-facing object -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GenerateOutput:
+    """tokens: int32[B, max_new_tokens] (pad after a row's stop token); logits: float32[B,
+    max_new_tokens, V] or None (rows past their end hold junk); num_tokens: int[B] tokens up to
+    and including the stop token; steps: tokens produced per row before the loop ended (less
+    than max_new_tokens when every row stopped early); prompt_len: the bucketed prompt length."""
+
+    tokens: np.ndarray
+    logits: np.ndarray | None
+    num_tokens: np.ndarray
+    steps: int
+    prompt_len: int
+
+
+_INPUT_AXES = {
+    "tokens": ("batch", "length"), "segment_ids": ("batch", "length"),
+    "positions": (None, "batch", "length"), "vision_index": ("batch", "length"),
+    "patches": ("batch", None, None), "vit_positions": ("batch", None, None),
+    "vit_segment_ids": ("batch", None),
+}  # fmt: skip
+
+
+class Generator:
+    """Generation with one model, on one device or on a mesh (heads over `tensor`, batch over
+    `data`). The jitted functions are module-level, so generators share compilations.
+
+    cache_dtype: KV cache dtype (default: the compute dtype `opts.dtype`).
+    length_bucket / patch_bucket / cache_bucket: shape buckets for the prompt length, the ViT
+    slots and the cache size; one prefill is compiled per bucket.
+    """
+
+    def __init__(
+        self, model: Qwen25VL, *, opts: RunOptions = RunOptions(), mesh: Mesh | None = None,
+        cache_dtype=None, length_bucket: int = 64, patch_bucket: int | None = None,
+        cache_bucket: int = 128,
+    ):  # fmt: skip
+        self.cfg: ModelConfig = model.cfg
+        self.opts, self.mesh = opts, mesh
+        self.cache_dtype = jnp.dtype(cache_dtype or opts.dtype)
+        self.length_bucket, self.patch_bucket = length_bucket, patch_bucket
+        self.cache_bucket = cache_bucket
+        self.graphdef, state = nnx.split(model)
+        self.state = state if mesh is None else jax.device_put(state, state_shardings(state, mesh))
+
+    def prepare(self, arrays: Mapping[str, np.ndarray] | PreparedBatch) -> PreparedBatch:
+        if isinstance(arrays, PreparedBatch):
+            return arrays
+        return prepare_batch(self.cfg, arrays, length_bucket=self.length_bucket,
+                             patch_bucket=self.patch_bucket)  # fmt: skip
+
+    def _mesh_context(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _place(self, tree, axes: Mapping[str, tuple] | tuple):
+        if self.mesh is None:
+            return tree
+        put = lambda x, names: jax.device_put(
+            x, NamedSharding(self.mesh, logical_to_spec(names, np.shape(x), self.mesh))
+        )
+        if isinstance(tree, ModelInputs):
+            return ModelInputs(**{k: put(getattr(tree, k), v) for k, v in axes.items()})
+        return put(tree, axes)
+
+    def start(self, arrays, *, max_new_tokens: int, sampling: Sampling = Sampling(),
+              key: jax.Array | int = 0, stop_tokens=None, pad_token: int | None = None,
+              cache_size: int | None = None, return_logits: bool = False):  # fmt: skip
+        """Runs the prefill; returns (DecodeState with the first token, static options, batch)."""
+        batch = self.prepare(arrays)
+        length = batch.prompt_len
+        if cache_size is None:
+            cache_size = round_up(length + max(max_new_tokens - 1, 1), self.cache_bucket)
+        out_len = cache_size - length + 1
+        if max_new_tokens < 1 or max_new_tokens > out_len:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} must be in [1, {out_len}] for a cache of "
+                f"{cache_size} slots after a {length}-token prompt bucket"
+            )
+        if stop_tokens is None:
+            stop_tokens = (self.cfg.eos_token_id, self.cfg.bos_token_id)
+        stop_tokens = [int(s) for s in stop_tokens]
+        if len(stop_tokens) > MAX_STOP_TOKENS:
+            raise ValueError(f"at most {MAX_STOP_TOKENS} stop tokens, got {len(stop_tokens)}")
+        stop = np.full(MAX_STOP_TOKENS, -1, np.int32)
+        stop[: len(stop_tokens)] = stop_tokens
+        pad = np.int32(self.cfg.bos_token_id if pad_token is None else pad_token)
+        st = _Static(sampling, self.opts)
+        key = jax.random.key(key) if isinstance(key, int) else key
+        with self._mesh_context():
+            ds = prefill_fn(
+                self.graphdef, self.state, self._place(batch.inputs, _INPUT_AXES),
+                self._place(batch.rope_deltas, ("batch",)),
+                self._place(batch.num_real, ("batch",)), key, stop, pad,
+                cache_size=cache_size, cache_dtype=self.cache_dtype, out_len=out_len,
+                return_logits=return_logits, st=st,
+            )  # fmt: skip
+        return ds, st, batch
+
+    def step(self, ds: DecodeState, st: _Static) -> DecodeState:
+        """One compiled decode step (`ds` is donated)."""
+        with self._mesh_context():
+            return decode_step_fn(self.graphdef, self.state, ds, st=st)
+
+    def generate(self, arrays, *, max_new_tokens: int, **kw) -> GenerateOutput:
+        """Generates up to `max_new_tokens` per row in one compiled loop.
+
+        arrays: processor-format arrays or a `PreparedBatch`; kw: as `start` (sampling, key,
+        stop_tokens, pad_token, cache_size, return_logits).
+        """
+        ds, st, batch = self.start(arrays, max_new_tokens=max_new_tokens, **kw)
+        return self._output(self.decode(ds, st, max_new_tokens), max_new_tokens, batch)
+
+    def decode(self, ds: DecodeState, st: _Static, max_new_tokens: int) -> DecodeState:
+        """The compiled loop from `start`'s state to `max_new_tokens` tokens (`ds` is donated)."""
+        with self._mesh_context():
+            return decode_loop_fn(self.graphdef, self.state, ds, jnp.int32(max_new_tokens), st=st)
+
+    def stream(self, arrays, *, max_new_tokens: int, **kw) -> Iterator[np.ndarray]:
+        """Yields the next tokens int32[B] of every row, one compiled step at a time (rows that
+        are done yield `pad_token`); stops after `max_new_tokens` or when every row is done."""
+        ds, st, _ = self.start(arrays, max_new_tokens=max_new_tokens, **kw)
+        for i in range(max_new_tokens):
+            if i:
+                ds = self.step(ds, st)
+            yield np.asarray(ds.last)
+            if bool(np.all(np.asarray(ds.done))):
+                return
+
+    @staticmethod
+    def _output(ds: DecodeState, n: int, batch: PreparedBatch) -> GenerateOutput:
+        tokens = np.asarray(ds.tokens)[:, :n]
+        is_stop = np.isin(tokens, np.asarray(ds.stop))
+        num = np.where(is_stop.any(1), is_stop.argmax(1) + 1, n)
+        logits = None if ds.logits is None else np.asarray(ds.logits)[:, :n]
+        return GenerateOutput(tokens, logits, num, int(ds.step), batch.prompt_len)
