@@ -8,7 +8,7 @@ from flax import nnx
 
 from qwen25vl_jax.config import TextConfig
 from qwen25vl_jax.model.attention import attention
-from qwen25vl_jax.model.layers import cast, param, rms_norm, swiglu
+from qwen25vl_jax.model.layers import cast, param, project, rms_norm, swiglu
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.remat import remat
 from qwen25vl_jax.model.rope import apply_rope
@@ -42,15 +42,15 @@ class DecoderLayers(nnx.Module):
 
 def qkv_projection(p: dict, x: jax.Array, cos, sin):
     """q [B, T, N, H], k and v [B, T, K, H] with rope applied to q and k. x: normed [B, T, D]."""
-    q = jnp.einsum("BTD,DNH->BTNH", x, p["q_kernel"]) + p["q_bias"]
-    k = jnp.einsum("BTD,DKH->BTKH", x, p["k_kernel"]) + p["k_bias"]
-    v = jnp.einsum("BTD,DKH->BTKH", x, p["v_kernel"]) + p["v_bias"]
+    q = project(x, p["q_kernel"]) + p["q_bias"]  # [B, T, N, H]
+    k = project(x, p["k_kernel"]) + p["k_bias"]  # [B, T, K, H]
+    v = project(x, p["v_kernel"]) + p["v_bias"]
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
 def layer_output(p: dict, x: jax.Array, attn: jax.Array, eps: float) -> jax.Array:
     """Residual adds of the attention output attn [B, T, N, H] and of the MLP."""
-    x = x + jnp.einsum("BTNH,NHD->BTD", attn, p["o_kernel"])
+    x = x + project(attn, p["o_kernel"], in_axes=2)
     y = rms_norm(x, p["post_attention_norm"], eps)
     return x + swiglu(y, p["gate_kernel"], p["up_kernel"], p["down_kernel"])
 

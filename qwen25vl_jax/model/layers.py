@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -63,3 +64,13 @@ def cast(tree, dtype):
     return jax.tree.map(
         lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
     )
+
+
+def project(x: jax.Array, kernel: jax.Array, in_axes: int = 1) -> jax.Array:
+    """x [..., *kernel.shape[:in_axes]] @ kernel -> [..., *kernel.shape[in_axes:]] as one 2-D
+    matmul (named multi-axis einsums make XLA CPU copy a transposed kernel on every call)."""
+    k_in, k_out = kernel.shape[:in_axes], kernel.shape[in_axes:]
+    lead = x.shape[: x.ndim - in_axes]
+    flat_in = int(np.prod(k_in))
+    y = x.reshape(*lead, flat_in) @ kernel.reshape(flat_in, -1)
+    return y.reshape(*lead, *k_out)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from qwen25vl_jax.config import VisionConfig
 from qwen25vl_jax.model.attention import attention, segment_mask
-from qwen25vl_jax.model.layers import cast, param, rms_norm, swiglu
+from qwen25vl_jax.model.layers import cast, param, project, rms_norm, swiglu
 from qwen25vl_jax.model.merger import PatchMerger
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.remat import remat
@@ -60,7 +60,7 @@ def vision_block(p: dict, x, cos, sin, segment_ids, *, full: bool, cfg: VisionCo
     b, n, d = x.shape
     eps = cfg.rms_norm_eps
     y = rms_norm(x, p["norm1"], eps)
-    qkv = jnp.einsum("BND,DCKH->BNCKH", y, p["qkv_kernel"]) + p["qkv_bias"]  # C = q, k, v
+    qkv = project(y, p["qkv_kernel"]) + p["qkv_bias"]  # [B, N, 3 (q, k, v), heads, head_dim]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     scale = cfg.head_dim**-0.5
@@ -74,7 +74,7 @@ def vision_block(p: dict, x, cos, sin, segment_ids, *, full: bool, cfg: VisionCo
         mask = segment_mask(seg, seg, causal=False)
         o = attention(win(q), win(k), win(v), mask, scale=scale, backend=backend)
         o = o.reshape(b, n, *o.shape[2:])
-    x = x + jnp.einsum("BNKH,KHD->BND", o, p["proj_kernel"]) + p["proj_bias"]
+    x = x + project(o, p["proj_kernel"], in_axes=2) + p["proj_bias"]
     y = rms_norm(x, p["norm2"], eps)
     mlp_bias = (p["gate_bias"], p["up_bias"], p["down_bias"])
     return x + swiglu(y, p["gate_kernel"], p["up_kernel"], p["down_kernel"], mlp_bias)
