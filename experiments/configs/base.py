@@ -42,10 +42,11 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
         {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "tensor": tensor}
     )
     c.data = ml_collections.ConfigDict({
-        "source": "synthetic",  # synthetic | jsonl | arrayrecord
+        "source": "synthetic",  # synthetic | records (JSONL / ArrayRecord files in `paths`)
         "paths": "", "media_root": "", "seq_len": seq_len, "num_slots": slots,
         "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
         "workers": 0, "min_pixels": 3136, "max_pixels": 12845056, "fps": 2.0,
         "oversize": "truncate", "bad_records": "skip", "tokenizer_dir": "",
+        "ground_coords": "original",
     })  # fmt: skip
     return c
