@@ -41,7 +41,7 @@ import tensorstore as ts
 from etils import epath
 from flax import nnx
 
-from qwen25vl_jax.config import ModelConfig, config_from_hf_dict
+from qwen25vl_jax.config import ModelConfig, from_hf_config
 from qwen25vl_jax.hf_weights import RULES, stacked_shape
 
 PARAMS_ITEM = "params"
@@ -100,12 +100,7 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
              os.path.join(os.path.dirname(ckpt), CONFIG_FILE)]  # fmt: skip
     for f in cands:
         if os.path.isfile(f):
-            try:
-                with open(f) as fh:
-                    d = json.load(fh)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}: not valid JSON ({e})") from None
-            return config_from_hf_dict(d, source=f)
+            return from_hf_config(f)
     raise FileNotFoundError(f"{ckpt}: no model config (looked for {', '.join(cands)})")
 
 
