@@ -27,3 +27,17 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def best_torch_seconds(fn, repeats: int) -> tuple[float, int]:
+    """(median seconds, threads) of `fn` under the faster of 1 and 2 torch threads: on a
+    shared 2-core machine torch's 2-thread kernels collapse when another process runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    results = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results.append((median_seconds(fn, repeats), threads))
+    torch.set_num_threads(before)
+    return min(results)
