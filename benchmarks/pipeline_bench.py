@@ -1,0 +1,203 @@
+"""Input-pipeline throughput (samples/s with N preprocessing workers) and packing efficiency
+(real text tokens / L, real patches / P) on a synthetic corpus with a realistic spread: images
+224-1344 px a side (JPEG), 1-4 per sample, text 20-2000 tokens, processor-default pixel budget,
+the released ViT geometry (window 112 px).
+
+Two efficiency figures: the pipeline's own counters over the whole run (the last window is
+flushed, its tail bins only partly full), and the packing planner alone (`plan_window` on the
+sizes of `--plan_samples` synthetic samples, no pixels), the steady-state figure.
+
+Usage: python benchmarks/pipeline_bench.py [--samples=96] [--epochs=2] [--workers=0,2]
+    [--seq_len=8192] [--num_slots=32768] [--lookahead=32] [--batch_size=1]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+from absl import app, flags
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from qwen25vl_jax.config import ModelConfig  # noqa: E402
+from qwen25vl_jax.data.packing import Bucket  # noqa: E402
+from qwen25vl_jax.data.pipeline import (  # noqa: E402
+    PipelineConfig,
+    efficiency,
+    make_train_iterator,
+    plan_window,
+)
+from qwen25vl_jax.data.records import RecordOptions, record_to_sample  # noqa: E402
+from qwen25vl_jax.data.tokenizer import build_qwen_tokenizer  # noqa: E402
+from qwen25vl_jax.data.vision import smart_resize  # noqa: E402
+from qwen25vl_jax.model.indices import layout_slots  # noqa: E402
+
+flags.DEFINE_integer("samples", 96, "distinct records in the synthetic corpus")
+flags.DEFINE_integer("epochs", 2, "passes over the corpus (reshuffled)")
+flags.DEFINE_integer("images", 40, "distinct image files the records draw from")
+flags.DEFINE_list("workers", ["0", "2"], "preprocessing worker counts to time")
+flags.DEFINE_integer("seq_len", 8192, "text budget L")
+flags.DEFINE_integer("num_slots", 32768, "ViT patch-slot budget P (multiple of 64)")
+flags.DEFINE_integer("lookahead", 32, "new samples per packing window")
+flags.DEFINE_integer("batch_size", 1, "packed examples per batch")
+flags.DEFINE_integer("worker_buffer", 0, "samples buffered per worker (0: the pipeline default)")
+flags.DEFINE_integer("plan_samples", 5000, "synthetic sample sizes for the planner-only figure")
+flags.DEFINE_integer("cost_samples", 30, "records timed through record_to_sample alone")
+flags.DEFINE_integer("seed", 0, "corpus seed")
+FLAGS = flags.FLAGS
+
+_TEXT = (
+    "the a of to and in is it that for on with as was at by this be from or have an are image "
+    "picture cat dog left right red blue green small large person car tree sky road building "
+    "window table chair bottle cup book phone screen light shadow water river mountain cloud "
+    "street sign text number count colour position between behind above below near far "
+    "describe explain answer question because therefore however"
+)
+WORDS = tuple(_TEXT.split())
+
+
+def synthetic_image(rng, h: int, w: int) -> Image.Image:
+    """Smooth colour gradients plus noise: JPEG-compressible like a photo, not a flat field."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([np.sin(x / rng.uniform(20, 200) + rng.uniform(0, 6)),
+                     np.cos(y / rng.uniform(20, 200) + rng.uniform(0, 6)),
+                     np.sin((x + y) / rng.uniform(20, 200))], -1)  # fmt: skip
+    noise = rng.normal(0, 0.15, (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip((base + noise + 1) * 127.5, 0, 255).astype(np.uint8))
+
+
+def text_of_tokens(rng, tok, n: int) -> str:
+    """Random words totalling about n tokens (trimmed with the real tokenizer)."""
+    words = list(rng.choice(WORDS, size=n + 8))
+    ids = tok.encode(" ".join(words), add_special_tokens=False).ids[:n]
+    return tok.decode(ids)
+
+
+def make_corpus(root: str, tok, rng) -> str:
+    sizes = []
+    for k in range(FLAGS.images):
+        h, w = (int(v) for v in rng.integers(224, 1345, 2))
+        synthetic_image(rng, h, w).save(os.path.join(root, f"im{k}.jpg"), quality=90)
+        sizes.append((h, w))
+    path = os.path.join(root, "corpus.jsonl")
+    with open(path, "w") as f:
+        for _ in range(FLAGS.samples):
+            k = int(rng.integers(1, 5))
+            n_text = int(rng.integers(20, 2001))
+            n_question = max(1, int(n_text * rng.uniform(0.05, 0.3)))
+            record = {
+                "messages": [
+                    {"role": "user",
+                     "content": "<image>" * k + text_of_tokens(rng, tok, n_question)},
+                    {"role": "assistant", "content": text_of_tokens(rng, tok, n_text - n_question)},
+                ],
+                "images": [f"im{int(i)}.jpg" for i in rng.integers(0, FLAGS.images, k)],
+            }  # fmt: skip
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+def run_pipeline(conf: PipelineConfig, cfg: ModelConfig, tok) -> dict:
+    t0 = time.perf_counter()
+    it = make_train_iterator(conf, cfg, tokenizer=tok, process_index=0, process_count=1)
+    first = None
+    n_batches = 0
+    for _ in it:
+        n_batches += 1
+        if first is None:
+            first = (time.perf_counter(), it.counts["samples"])
+    t1 = time.perf_counter()
+    counts = it.counts
+    steady = (counts["samples"] - first[1]) / max(t1 - first[0], 1e-9)
+    return {"counts": counts, "seconds": t1 - t0, "samples_per_s": counts["samples"] / (t1 - t0),
+            "steady_samples_per_s": steady, "batches": n_batches}  # fmt: skip
+
+
+def planner_efficiency(cfg: ModelConfig, bucket: Bucket, rng) -> dict:
+    """plan_window over a stream of sample sizes drawn from the same distribution."""
+    sizes = []
+    for _ in range(FLAGS.plan_samples):
+        k = int(rng.integers(1, 5))
+        tokens, grids = int(rng.integers(20, 2001)) + 22 + 2 * k, []  # + chat template tokens
+        for _ in range(k):
+            h, w = smart_resize(*(int(v) for v in rng.integers(224, 1345, 2)))
+            grids.append((1, h // 14, w // 14))
+            tokens += h * w // 784
+        size = (tokens, layout_slots(grids, cfg.vision))
+        if bucket.fits(*size):
+            sizes.append(size)
+    real = patches = cap = 0
+    carry, ages, pos, k = [], {}, 0, FLAGS.lookahead
+    while pos < len(sizes) or carry:
+        window = carry + list(range(pos, min(pos + k, len(sizes))))
+        pos += k
+        batches, kept = plan_window(
+            [sizes[i] for i in window], [bucket], FLAGS.batch_size, min_fill=0.97, max_carry=k,
+            forced=[j for j, i in enumerate(window) if ages.get(i, 0) >= 4],
+            final=pos >= len(sizes),
+        )  # fmt: skip
+        for _, bins in batches:
+            real += sum(sizes[window[j]][0] for b in bins for j in b)
+            patches += sum(sizes[window[j]][1] for b in bins for j in b)
+            cap += FLAGS.batch_size
+        carry = [window[j] for j in kept]
+        ages = {i: ages.get(i, 0) + 1 for i in carry}
+    return {"samples": len(sizes), "text": real / (cap * bucket.seq_len),
+            "slots": patches / (cap * bucket.num_slots)}  # fmt: skip
+
+
+def main(argv):
+    del argv
+    cfg = ModelConfig.qwen25vl_7b()
+    tok = build_qwen_tokenizer()
+    bucket = Bucket(FLAGS.seq_len, FLAGS.num_slots)
+    rng = np.random.default_rng(FLAGS.seed)
+    print("command:", " ".join(sys.argv))
+    with tempfile.TemporaryDirectory() as root:
+        t0 = time.perf_counter()
+        path = make_corpus(root, tok, rng)
+        print(f"corpus: {FLAGS.samples} records, {FLAGS.images} JPEGs, "
+              f"{time.perf_counter() - t0:.1f} s to write")  # fmt: skip
+        # per-sample cost of the worker side alone (decode, resize, patchify, tokenize, indices)
+        opts = RecordOptions(media_root=root)
+        with open(path, "rb") as f:
+            lines = f.read().splitlines()[: FLAGS.cost_samples]
+        t0 = time.perf_counter()
+        for i, line in enumerate(lines):
+            record_to_sample(line, f"corpus:{i + 1}", cfg=cfg, tokenizer=tok, options=opts)
+        per_sample = (time.perf_counter() - t0) / max(len(lines), 1)
+        print(f"preprocessing alone: {1000 * per_sample:.0f} ms/sample "
+              f"({1 / per_sample:.2f} samples/s per worker core)")  # fmt: skip
+        for workers in (int(w) for w in FLAGS.workers if w):
+            conf = PipelineConfig(
+                paths=(path,), media_root=root, buckets=(bucket,), batch_size=FLAGS.batch_size,
+                num_epochs=FLAGS.epochs, num_workers=workers, lookahead=FLAGS.lookahead,
+                on_bad_record="skip", seed=FLAGS.seed,
+                **({"worker_buffer_size": FLAGS.worker_buffer} if FLAGS.worker_buffer else {}),
+            )  # fmt: skip
+            r = run_pipeline(conf, cfg, tok)
+            c, eff = r["counts"], efficiency(r["counts"])
+            print(f"workers={workers}: {c['samples']} samples in {r['batches']} batches, "
+                  f"{r['seconds']:.1f} s -> {r['samples_per_s']:.2f} samples/s "
+                  f"(after the first batch {r['steady_samples_per_s']:.2f} samples/s); packing "
+                  f"text {eff['text']:.4f}, patches {eff['patches']:.4f} of P={FLAGS.num_slots}; "
+                  f"mean {c['real_tokens'] / c['samples']:.0f} tokens/sample; "
+                  f"truncated {c['truncated']}, skipped {sum(c['skipped'].values())}, "
+                  f"padding examples {c['padding_examples']}")  # fmt: skip
+            if workers == 0:  # in-process run = preprocessing + the serial main-process part
+                main_side = r["seconds"] / c["samples"] - per_sample
+                print(f"  packing + batching in the main process: {1000 * main_side:.0f} "
+                      f"ms/sample (the serial part)")  # fmt: skip
+    plan = planner_efficiency(cfg, bucket, np.random.default_rng(FLAGS.seed + 1))
+    print(f"planner only ({plan['samples']} sample sizes, L={FLAGS.seq_len}, P={FLAGS.num_slots}, "
+          f"lookahead={FLAGS.lookahead}, batch={FLAGS.batch_size}): text {plan['text']:.4f}, "
+          f"ViT slots {plan['slots']:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
