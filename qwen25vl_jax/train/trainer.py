@@ -167,6 +167,11 @@ class Trainer:
 
     def global_batch(self, local: Batch) -> Batch:
         """Assembles the global batch from each process's rows (host NumPy)."""
+        vocab = self.model_cfg.text.vocab_size
+        if np.max(local.tokens, initial=0) >= vocab or np.max(local.targets, initial=0) >= vocab:
+            # an embedding gather would silently clamp: a tokenizer / config mismatch
+            raise ValueError(f"batch holds token ids >= the model's vocab_size {vocab}: does the "
+                             "tokenizer match the model config?")  # fmt: skip
         sh = self.batch_shardings()
         return Batch(**{
             f.name: jax.make_array_from_process_local_data(getattr(sh, f.name),
