@@ -29,20 +29,22 @@ def vision_rope_positions(grid_thw: Sequence[int], merge: int) -> np.ndarray:
     return np.tile(np.stack([hpos, wpos], axis=-1), (t, 1))
 
 
-def window_units(grid_thw: Sequence[int], cfg: VisionConfig) -> list[np.ndarray]:
-    """The reference's window partition of one image/video, as a list of windows, each the
-    int64 indices of its merge units (in the reference's order). Windows tile each frame's
-    merge-unit grid in raster order; border windows are ragged."""
+def window_units(grid_thw: Sequence[int], cfg: VisionConfig) -> np.ndarray:
+    """The reference's window partition of one image/video: int64[windows, side^2], each row a
+    window's merge-unit indices in the reference's order, real units first, -1 padding after.
+
+    Windows tile each frame's merge-unit grid in raster order; border windows are ragged.
+    """
     t, h, w = (int(v) for v in grid_thw)
     m, side = cfg.spatial_merge_size, cfg.window_merge_side
     gh, gw = h // m, w // m
-    units = np.arange(t * gh * gw).reshape(t, gh, gw)
-    windows = []
-    for f in range(t):
-        for r in range(0, gh, side):
-            for c in range(0, gw, side):
-                windows.append(units[f, r : r + side, c : c + side].reshape(-1))
-    return windows
+    ph, pw = -(-gh // side) * side, -(-gw // side) * side
+    units = np.full((t, ph, pw), -1, np.int64)
+    units[:, :gh, :gw] = np.arange(t * gh * gw).reshape(t, gh, gw)
+    win = units.reshape(t, ph // side, side, pw // side, side).transpose(0, 1, 3, 2, 4)
+    win = win.reshape(-1, side * side)
+    order = np.argsort(win < 0, axis=1, kind="stable")  # real units first, order kept
+    return np.take_along_axis(win, order, axis=1)
 
 
 def layout_slots(grids: Sequence[Sequence[int]], cfg: VisionConfig) -> int:
@@ -82,43 +84,44 @@ def vision_layout(
     """
     s, mu, merge = cfg.window_patches, cfg.merge_unit, cfg.spatial_merge_size
     src, pos, seg, unit_slot = [], [], [], []
-    patch_base = unit_base = 0
-    segment = 0
+    patch_base = slot_base = segment = 0
     for grid in grids:
         t, h, w = (int(v) for v in grid)
         if h % merge or w % merge:
             raise ValueError(f"grid {tuple(grid)} not divisible by spatial_merge_size {merge}")
-        rope = vision_rope_positions(grid, merge)
         frame_units = (h // merge) * (w // merge)
-        slots_here = np.zeros(t * frame_units, np.int64)
-        for units in window_units(grid, cfg):
-            first_slot = len(src) // mu
-            slots_here[units] = first_slot + np.arange(len(units))
-            patches = (units[:, None] * mu + np.arange(mu)).reshape(-1)
-            pad = s - len(patches)
-            src.extend((patches + patch_base).tolist() + [-1] * pad)
-            pos.extend(rope[patches].tolist() + [[0, 0]] * pad)
-            frame = units[0] // frame_units  # windows never straddle frames
-            seg.extend([segment + frame + 1] * len(patches) + [0] * pad)
+        units = window_units(grid, cfg)  # [windows, side^2], -1 = padding
+        real = units >= 0
+        patches = np.where(real[..., None], units[..., None] * mu + np.arange(mu), -1)
+        patches = patches.reshape(len(units), s)  # [windows, S]
+        ok = patches >= 0
+        src.append(np.where(ok, patches + patch_base, -1).reshape(-1))
+        rope = vision_rope_positions(grid, merge)
+        pos.append(np.where(ok[..., None], rope[np.maximum(patches, 0)], 0).reshape(-1, 2))
+        frame = units[:, 0] // frame_units  # windows never straddle frames
+        seg.append(np.where(ok, segment + frame[:, None] + 1, 0).reshape(-1))
+        slots = np.zeros(t * frame_units, np.int64)
+        slots[units[real]] = slot_base + np.flatnonzero(real.reshape(-1))
+        unit_slot.append(slots)
         segment += t
-        unit_slot.append(slots_here)
         patch_base += t * h * w
-        unit_base += t * frame_units
-    n = len(src)
+        slot_base += len(units) * units.shape[1]
+    n = slot_base * mu
     if num_slots is not None:
         if num_slots % s:
             raise ValueError(f"num_slots {num_slots} is not a multiple of window_patches {s}")
         if n > num_slots:
             raise ValueError(f"media need {n} patch slots, over the budget of {num_slots}")
         pad = num_slots - n
-        src += [-1] * pad
-        pos += [[0, 0]] * pad
-        seg += [0] * pad
+        src.append(np.full(pad, -1, np.int64))
+        pos.append(np.zeros((pad, 2), np.int64))
+        seg.append(np.zeros(pad, np.int64))
+    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape, np.int64)  # noqa: E731
     return VisionLayout(
-        patch_src=np.asarray(src, np.int64),
-        vit_positions=np.asarray(pos, np.int32).reshape(-1, 2),
-        vit_segment_ids=np.asarray(seg, np.int32),
-        unit_slot=np.concatenate(unit_slot) if unit_slot else np.zeros(0, np.int64),
+        patch_src=cat(src, (0,)).astype(np.int64),
+        vit_positions=cat(pos, (0, 2)).astype(np.int32),
+        vit_segment_ids=cat(seg, (0,)).astype(np.int32),
+        unit_slot=cat(unit_slot, (0,)),
     )
 
 
