@@ -32,7 +32,6 @@ def chunked_cross_entropy(
     n = (length + pad) // chunk
     split = lambda a: jnp.moveaxis(a.reshape(b, n, chunk, *a.shape[2:]), 1, 0)  # noqa: E731
 
-    @jax.checkpoint
     def one(h, t, m):
         logits = logits_fn(h).astype(jnp.float32)
         nll = (
@@ -40,6 +39,10 @@ def chunked_cross_entropy(
             - jnp.take_along_axis(logits, t[..., None], -1)[..., 0]
         )
         return (nll * m).sum()
+
+    if n == 1:  # one block: nothing to save by recomputing it in the backward pass
+        return one(hidden, targets, mask), mask.sum()
+    one = jax.checkpoint(one)
 
     def body(total, xs):
         return total + one(*xs), None
