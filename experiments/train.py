@@ -49,12 +49,15 @@ def init_distributed():
         jax.distributed.initialize()
 
 
-def model_and_params(c):
-    """(ModelConfig, flat-or-nested params or None for random init) from the config."""
+def model_and_params(c, mesh):
+    """(ModelConfig, nested float32 params or None for random init) from the config; an Orbax
+    checkpoint is restored straight into the mesh's shards."""
     if c.model.init_checkpoint:
+        import jax.numpy as jnp
+
         from qwen25vl_jax.checkpoint import load_checkpoint
 
-        model, cfg = load_checkpoint(c.model.init_checkpoint)
+        model, cfg = load_checkpoint(c.model.init_checkpoint, param_dtype=jnp.float32, mesh=mesh)
     elif c.model.init_hf_dir:
         from qwen25vl_jax.hf_weights import load_hf
 
@@ -87,8 +90,8 @@ def dataclass_from(cls, d):
 
 def train(c, workdir: str) -> list[float]:
     """Runs the configured training; returns the losses of the steps it ran."""
-    cfg, params = model_and_params(c)
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    cfg, params = model_and_params(c, mesh)
     optim = dataclass_from(OptimConfig, c.optim.to_dict())
     trainer = Trainer(
         cfg, optim, dataclass_from(StepConfig, c.step.to_dict()), mesh, workdir,
