@@ -92,6 +92,10 @@ def test_smart_resize_aspect_ratio_error():
         (601, 899, 3136, 200_000),  # downscale branch
         (9, 13, 3136, 12845056),  # upscale branch
         (97, 61, 20_000, 40_000),
+        (28, 28, 3136, 12845056),  # the odd sizes
+        (37, 1000, 3136, 12845056),
+        (3000, 20, 3136, 12845056),
+        (1080, 1920, 3136, 1_003_520),
     ],
 )
 def test_preprocess_image_matches_transformers(h, w, min_pixels, max_pixels):
