@@ -190,9 +190,6 @@ def test_row_blocks_and_small_chunks(tmp_path, monkeypatch):
 
 
 def test_score_checkpoint_equals_hf_dir(tiny, tmp_path):
-    if not os.path.isfile(os.path.join(ROOT, "experiments", "score.py")):
-        pytest.skip("experiments/score.py not written yet (load_checkpoint vs load_hf logits "
-                    "are compared in test_round_trip_untied_float32_single_file)")  # fmt: skip
     ck = hf_to_orbax.convert(tiny.path, tmp_path / "ck", progress=False)
     np.savez(tmp_path / "x.npz", **make_case(tiny.cfg, CASES["image_and_video"], seed=4))
     logits = {}
