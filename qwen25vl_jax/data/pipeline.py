@@ -36,7 +36,13 @@ import numpy as np
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.batch import Batch, Sample, stack_examples
-from qwen25vl_jax.data.packing import Bucket, assemble_example, first_fit_decreasing, truncate
+from qwen25vl_jax.data.packing import (
+    Bucket,
+    assemble_example,
+    choose_bucket,
+    first_fit_decreasing,
+    truncate,
+)
 from qwen25vl_jax.data.records import (
     REASONS,
     RecordError,
@@ -168,12 +174,7 @@ def plan_window(
     sorted list of sample indices, in order of their first sample; carry = sorted indices.
     """
     buckets = sorted(buckets, key=lambda b: (b.seq_len, b.num_slots))
-    home = []
-    for t, s in sizes:
-        h = next((h for h, b in enumerate(buckets) if b.fits(t, s)), None)
-        if h is None:
-            raise ValueError(f"no bucket holds a sample of {t} tokens and {s} ViT slots")
-        home.append(h)
+    home = [buckets.index(choose_bucket(t, s, buckets)) for t, s in sizes]
     forced, batches, carry = set(forced), [], []
     for h, bucket in enumerate(buckets):
         idx = [i for i in range(len(sizes)) if home[i] == h]

@@ -4,7 +4,6 @@ Hugging Face processor's format (`input_ids`, `pixel_values`, `image_grid_thw`, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -126,10 +125,3 @@ def inputs_from_hf(
         vit_segment_ids=vit_seg,
     )
     return inputs, deltas
-
-
-def text_only_inputs(
-    tokens: Sequence[Sequence[int]] | np.ndarray, cfg: ModelConfig, attention_mask=None
-) -> ModelInputs:
-    """Convenience for text batches: `inputs_from_hf` without media."""
-    return inputs_from_hf(cfg, np.asarray(tokens), attention_mask)[0]

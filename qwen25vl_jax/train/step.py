@@ -112,10 +112,3 @@ def train_step(
     new_state = dataclasses.replace(state, step=state.step + 1, trainable=trainable,
                                     opt_state=opt_state)  # fmt: skip
     return new_state, metrics
-
-
-def eval_loss(state: TrainState, batch: Batch, *, graphdef, opts: RunOptions, loss_chunk=1024):
-    """Mean supervised-token loss of `batch` under `state` (no update)."""
-    loss, count = loss_sum_and_count(state.trainable, state.frozen, batch, graphdef=graphdef,
-                                     opts=opts, chunk=loss_chunk)  # fmt: skip
-    return loss / jnp.maximum(count, 1.0)
