@@ -77,11 +77,24 @@ def make_data(c, cfg: ModelConfig):
             process_index=jax.process_index(), process_count=jax.process_count(),
             repeat=c.data.synthetic_repeat,
         )  # fmt: skip
-    from qwen25vl_jax.data.pipeline import make_train_iterator
+    from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
+    from qwen25vl_jax.data.records import RecordOptions
 
-    return make_train_iterator(
-        c.data, cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed
-    )
+    d = c.data
+    records = RecordOptions(
+        media_root=d.media_root, ground_coords=d.ground_coords, min_pixels=d.min_pixels,
+        max_pixels=d.max_pixels, video_fps=d.fps, video_min_pixels=d.video_min_pixels,
+        video_max_pixels=d.video_max_pixels,
+    )  # fmt: skip
+    # pad with <|endoftext|> (the config's bos id): in range for any vocabulary
+    pipe = PipelineConfig(
+        paths=tuple(p for p in d.paths.split(",") if p), media_root=d.media_root,
+        buckets=(bucket,), batch_size=c.train.batch_size // jax.process_count(),
+        seed=c.train.seed, num_epochs=None, num_workers=d.workers, oversize=d.oversize,
+        on_bad_record=d.bad_records, pad_id=cfg.bos_token_id, records=records,
+        tokenizer_path=d.tokenizer_dir or None,
+    )  # fmt: skip
+    return make_train_iterator(pipe, cfg)
 
 
 def dataclass_from(cls, d):

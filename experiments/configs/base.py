@@ -46,6 +46,7 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
         "paths": "", "media_root": "", "seq_len": seq_len, "num_slots": slots,
         "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
         "workers": 0, "min_pixels": 3136, "max_pixels": 12845056, "fps": 2.0,
+        "video_min_pixels": 100352, "video_max_pixels": 602112,
         "oversize": "truncate", "bad_records": "skip", "tokenizer_dir": "",
         "ground_coords": "original",
     })  # fmt: skip
