@@ -27,7 +27,7 @@ from qwen25vl_jax.train.synthetic import SyntheticBatches
 from qwen25vl_jax.train.trainer import StepConfig, Trainer
 
 config_flags.DEFINE_config_file("config", None, "training config file (experiments/configs)")
-flags.DEFINE_string("workdir", None, "checkpoints and TensorBoard logs", required=True)
+flags.DEFINE_string("workdir", None, "checkpoints and TensorBoard logs")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host)")
 flags.DEFINE_integer("num_processes", None, "number of processes (multi-host)")
 flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
@@ -153,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)
