@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.configs import base
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.sharding import make_mesh
@@ -78,14 +79,9 @@ def make_data(c, cfg: ModelConfig):
             repeat=c.data.synthetic_repeat,
         )  # fmt: skip
     from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
-    from qwen25vl_jax.data.records import RecordOptions
 
     d = c.data
-    records = RecordOptions(
-        media_root=d.media_root, ground_coords=d.ground_coords, min_pixels=d.min_pixels,
-        max_pixels=d.max_pixels, video_fps=d.fps, video_min_pixels=d.video_min_pixels,
-        video_max_pixels=d.video_max_pixels,
-    )  # fmt: skip
+    records = base.record_options(d)
     # pad with <|endoftext|> (the config's bos id): in range for any vocabulary
     pipe = PipelineConfig(
         paths=tuple(p for p in d.paths.split(",") if p), media_root=d.media_root,

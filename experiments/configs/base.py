@@ -49,5 +49,18 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
         "video_min_pixels": 100352, "video_max_pixels": 602112,
         "oversize": "truncate", "bad_records": "skip", "tokenizer_dir": "",
         "ground_coords": "original",
+        "default_system": True,  # the template's "You are a helpful assistant." turn
     })  # fmt: skip
     return c
+
+
+def record_options(d):
+    """The `RecordOptions` of a config's `data` section (training, evaluation and the demo
+    decode records alike)."""
+    from qwen25vl_jax.data.records import RecordOptions
+
+    return RecordOptions(
+        media_root=d.media_root, ground_coords=d.ground_coords, min_pixels=d.min_pixels,
+        max_pixels=d.max_pixels, video_fps=d.fps, video_min_pixels=d.video_min_pixels,
+        video_max_pixels=d.video_max_pixels, default_system=d.default_system,
+    )  # fmt: skip

@@ -1,0 +1,430 @@
+"""Grounding, counting and video-timing metrics of a checkpoint, beside trivial baselines.
+
+  python -m experiments.eval --checkpoint=out/demo/train --data=out/demo/data/eval.jsonl \
+      --media_root=out/demo/data --tokenizer_dir=out/demo/tokenizer \
+      --train_data=out/demo/data/train.jsonl --output=report.json --draw=boxes.png
+
+--checkpoint: a checkpoint directory (converted or a trainer step) or a trainer workdir (its
+latest step). Every assistant turn of the JSONL (the training format,
+`qwen25vl_jax/data/records.py`) is one question: the turn is the truth, the turns before it the
+prompt. The task is the record's ``"task"`` field, else read from the truth: a ``bbox_2d`` is
+grounding, a number about a video is timing, a number about an image is counting. Media are
+decoded and resized as the training pipeline does (`records.load_media`); pass the pixel
+budgets and --ground_coords the model was trained with (the defaults are the demo's,
+`experiments/configs/demo.py`). Answers are generated greedily in batches
+(`qwen25vl_jax.inference.Generator`); predicted boxes are mapped back to the original image.
+
+Metrics and baselines: `experiments/metrics.py` (mean IoU and accuracy at IoU >= 0.5, exact-count
+accuracy, time MAE; unreadable answers count as wrong). The baselines' constants are fitted on
+--train_data (default: the evaluated set itself, which can only make them stronger).
+
+The report (`evaluate`'s result, also written by --output):
+  {"data": path, "baselines_from": path,
+   "metrics": {metric: {"model": value, "baselines": {baseline name: value},
+                        "baseline": the strongest of those, "n": questions,
+                        "unreadable": answers without a box / number}},
+   "baselines": {"mean_box_rel", "mode_count", "mean_time", "median_time"} (the constants),
+   "beats_baseline": {metric: model strictly better than every baseline},
+   "samples": [{"id", "task", "answer", "pred", "truth"}]}   (boxes in original pixels)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments.metrics import (
+    BASELINES,
+    METRICS,
+    beats_baselines,
+    box_iou,
+    fit_baselines,
+    parse_number,
+    strongest,
+    task_metrics,
+)
+from qwen25vl_jax.data.records import Conversation, RecordOptions, decode_record, parse_record
+
+
+# ---- records -> examples ----------------------------------------------------------------------
+@dataclasses.dataclass
+class Example:
+    """One question. conversation: the record up to the question (its messages are the prompt,
+    its media those shown); truth: box (x1, y1, x2, y2) in original-image pixels, count or
+    seconds; image_path / original_hw: the image the question is about (the last one shown)."""
+
+    record_id: str
+    task: str
+    conversation: Conversation
+    truth: tuple | float
+    image_path: str | None = None
+    original_hw: tuple[int, int] | None = None
+
+    @property
+    def prompt(self) -> list[dict]:
+        return self.conversation.messages
+
+
+def _text(message) -> str:
+    return "".join(it.get("text", "") for it in message["content"])
+
+
+def load_examples(path: str, options: RecordOptions, max_samples: int | None = None, *,
+                  factor: int = 28) -> list[Example]:  # fmt: skip
+    """The questions of a JSONL file (the first `max_samples` only). Truth boxes are read in the
+    convention of `options.ground_coords` (resized: pixels of the image `smart_resize`d with
+    `factor` = patch size x merge size and the image budgets) and mapped to original pixels."""
+    from PIL import Image
+
+    from qwen25vl_jax.data.vision import scale_boxes, smart_resize
+    from qwen25vl_jax.inference.grounding import parse_grounding
+
+    sizes: dict[str, tuple[int, int]] = {}
+    out: list[Example] = []
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    for line_no, line in lines:
+        where = f"{path}:{line_no}"
+        raw = decode_record(line, where)
+        conv = parse_record(raw, where)
+        for j, message in enumerate(conv.messages):
+            if message["role"] != "assistant":
+                continue
+            if max_samples is not None and len(out) >= max_samples:
+                return out
+            answer, prompt = _text(message), conv.messages[:j]
+            shown = sum(it["type"] != "text" for m in prompt for it in m["content"])
+            turn = dataclasses.replace(conv, messages=prompt, media=conv.media[:shown])
+            images = [m.path for m in turn.media if m.kind == "image"]
+            image = images[-1] if images else None
+            if image and not os.path.isabs(image):
+                image = os.path.join(options.media_root, image)
+            video = any(m.kind == "video" for m in turn.media)
+            task = raw.get("task") or ("grounding" if "bbox_2d" in answer else
+                                       "timing" if video else "counting")  # fmt: skip
+            if task not in BASELINES:
+                raise ValueError(f"{conv.record_id}: unknown task {task!r}")
+            if task != "grounding":
+                truth = parse_number(answer)
+                if truth is None:
+                    raise ValueError(f"{conv.record_id}: {task} answer without a number: "
+                                     f"{answer!r}")  # fmt: skip
+                out.append(Example(conv.record_id, task, turn, truth, image))
+                continue
+            found = [d for d in parse_grounding(answer).detections if d.kind == "bbox"]
+            if not found or image is None:
+                raise ValueError(f"{conv.record_id}: grounding needs an image before the "
+                                 f"question and a box in the answer: {answer!r}")  # fmt: skip
+            if image not in sizes:
+                with Image.open(image) as im:  # the header only
+                    sizes[image] = (im.height, im.width)
+            hw = sizes[image]
+            written_hw = hw if options.ground_coords == "original" else smart_resize(
+                *hw, factor=factor, min_pixels=options.min_pixels, max_pixels=options.max_pixels
+            )  # fmt: skip
+            truth = tuple(scale_boxes(np.asarray(found[0].coords, float), written_hw, hw).tolist())
+            out.append(Example(conv.record_id, task, turn, truth, image, hw))
+    return out
+
+
+def baseline_stats(examples: list[Example]) -> dict:
+    """The baselines' constants (`metrics.fit_baselines`) fitted on `examples`' truths."""
+    rel = [np.asarray(e.truth) / np.tile(e.original_hw[::-1], 2)
+           for e in examples if e.task == "grounding"]  # fmt: skip
+    return fit_baselines(rel, [e.truth for e in examples if e.task == "counting"],
+                         [e.truth for e in examples if e.task == "timing"])  # fmt: skip
+
+
+# ---- generation -------------------------------------------------------------------------------
+def prepare(e: Example, cfg, tokenizer, options: RecordOptions) -> dict:
+    """Prompt ids and decoded media of one example, as the training pipeline makes them
+    (coordinates in earlier turns rescaled to the resized image for "original" data)."""
+    from qwen25vl_jax.data.chat import encode_chat
+    from qwen25vl_jax.data.records import _ground, load_media
+
+    media = load_media(e.conversation, cfg, options)
+    messages = e.prompt
+    if options.ground_coords == "original":
+        messages = _ground(e.conversation, media, cfg.vision.patch_size)
+    counts = {k: [int(np.prod(m[2])) // cfg.vision.merge_unit for m in media if m[0] == k]
+              for k in ("image", "video")}  # fmt: skip
+    ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True,
+                         image_token_counts=counts["image"], video_token_counts=counts["video"],
+                         default_system=options.default_system)  # fmt: skip
+    return {"ids": ids, "media": media}
+
+
+def processor_arrays(items: list[dict]) -> dict[str, np.ndarray]:
+    """Processor-format arrays (right padded; the generator left-aligns) of prepared items."""
+    length = max(len(it["ids"]) for it in items)
+    ids = np.zeros((len(items), length), np.int64)
+    mask = np.zeros_like(ids)
+    for r, it in enumerate(items):
+        ids[r, : len(it["ids"])], mask[r, : len(it["ids"])] = it["ids"], 1
+    arrays = {"input_ids": ids, "attention_mask": mask}
+    media = [m for it in items for m in it["media"]]
+    for kind, pv_key, grid_key in (("image", "pixel_values", "image_grid_thw"),
+                                   ("video", "pixel_values_videos", "video_grid_thw")):  # fmt: skip
+        ms = [m for m in media if m[0] == kind]
+        if ms:
+            arrays[pv_key] = np.concatenate([m[1] for m in ms])
+            arrays[grid_key] = np.stack([m[2] for m in ms])
+    videos = [m[3] for m in media if m[0] == "video"]
+    if videos:
+        arrays["second_per_grid_ts"] = np.asarray(videos, np.float32)
+    return arrays
+
+
+def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batch_size: int = 16,
+                     max_new_tokens: int = 64, log=print) -> list[dict]:  # fmt: skip
+    """Greedy answers of every example: [{"answer": str, "resized_hw": (h, w) of the question's
+    image | None, "duration": seconds of the video | None}]. Batches hold one modality (by
+    the first medium); every batch of a modality has the same shapes (rows, prompt length and
+    ViT slots padded), so each compiles once."""
+    from qwen25vl_jax.inference import Generator
+    from qwen25vl_jax.inference.generate import prepare_batch, round_up
+    from qwen25vl_jax.model.indices import layout_slots
+    from qwen25vl_jax.model.qwen25vl import RunOptions
+
+    cfg = model.cfg
+    ps = cfg.vision.patch_size
+    gen = Generator(model, opts=RunOptions(dtype=np.float32))
+    stop = [cfg.eos_token_id, cfg.bos_token_id]
+    prepared = [prepare(e, cfg, tokenizer, options) for e in examples]
+    out: list[dict] = [{}] * len(examples)
+    for kind in ("image", "video", None):
+        rows = [i for i, p in enumerate(prepared)
+                if (p["media"][0][0] if p["media"] else None) == kind]  # fmt: skip
+        if not rows:
+            continue
+        slots = max(layout_slots([m[2] for m in prepared[i]["media"]], cfg.vision) for i in rows)
+        length = round_up(max(len(prepared[i]["ids"]) for i in rows), 64)
+        rows_per_batch = min(batch_size, len(rows))
+        t0 = time.perf_counter()
+        for start in range(0, len(rows), rows_per_batch):
+            chunk = rows[start : start + rows_per_batch]
+            padded = chunk + [chunk[-1]] * (rows_per_batch - len(chunk))
+            batch = prepare_batch(cfg, processor_arrays([prepared[i] for i in padded]),
+                                  length_bucket=length, patch_bucket=slots or None)  # fmt: skip
+            res = gen.generate(batch, max_new_tokens=max_new_tokens, stop_tokens=stop,
+                               cache_size=length + round_up(max_new_tokens, 64))  # fmt: skip
+            for r, i in enumerate(chunk):
+                toks = [int(t) for t in res.tokens[r, : res.num_tokens[r]] if t not in stop]
+                media = prepared[i]["media"]
+                images = [m for m in media if m[0] == "image"]
+                videos = [m for m in media if m[0] == "video"]
+                out[i] = {
+                    "answer": tokenizer.decode(toks, skip_special_tokens=True),
+                    "resized_hw": (int(images[-1][2][1]) * ps, int(images[-1][2][2]) * ps)
+                    if images else None,
+                    "duration": float(videos[-1][2][0] * videos[-1][3]) if videos else None,
+                }  # fmt: skip
+        log(f"[eval] {len(rows)} {kind or 'text'} questions answered in "
+            f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+    return out
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+def _guesses(task: str, constant, examples: list[Example]) -> list:
+    """A baseline's answer to each question: its constant (a relative box scaled to the image)."""
+    if task == "grounding":
+        return [list(np.asarray(constant) * np.tile(e.original_hw[::-1], 2)) for e in examples]
+    return [constant] * len(examples)
+
+
+def score(examples: list[Example], answers: list[dict], stats: dict) -> dict:
+    """The report's "metrics", "baselines", "beats_baseline" and "samples" (see the module
+    docstring) of generated `answers`, with baselines from the constants `stats`."""
+    from qwen25vl_jax.inference.grounding import ground
+
+    by_task = collections.defaultdict(list)  # task -> [(prediction, example, answer)]
+    samples = []
+    for e, a in zip(examples, answers, strict=True):
+        if e.task == "grounding":
+            found = [d for d in ground(a["answer"], a["resized_hw"], e.original_hw).detections
+                     if d.kind == "bbox"]  # fmt: skip
+            pred = list(found[0].coords) if found else None
+        else:
+            pred = parse_number(a["answer"])
+        by_task[e.task].append((pred, e, a))
+        truth = list(e.truth) if e.task == "grounding" else e.truth
+        samples.append({"id": e.record_id, "task": e.task, "answer": a["answer"], "pred": pred,
+                        "truth": truth})  # fmt: skip
+    metrics = {}
+    for task, rows in by_task.items():
+        preds, exs = [r[0] for r in rows], [r[1] for r in rows]
+        truths = [e.truth for e in exs]
+        durations = [r[2].get("duration") for r in rows]
+        model_m = task_metrics(task, preds, truths, durations)
+        base_m = {
+            name: task_metrics(task, _guesses(task, stats[key], exs), truths, durations)
+            for name, key in BASELINES[task].items()
+            if stats.get(key) is not None
+        }
+        for metric, value in model_m.items():
+            bases = {name: m[metric] for name, m in base_m.items()}
+            metrics[metric] = {"model": value, "baselines": bases,
+                               "baseline": strongest(metric, bases.values()), "n": len(rows),
+                               "unreadable": sum(p is None for p in preds)}  # fmt: skip
+    metrics = {m: metrics[m] for m in METRICS if m in metrics}
+    return {"metrics": metrics, "baselines": stats, "beats_baseline": beats_baselines(metrics),
+            "samples": samples}  # fmt: skip
+
+
+def format_table(metrics: dict) -> str:
+    """A plain-text table: each metric beside each of its baselines, and whether the model
+    beats all of them."""
+    beats = beats_baselines(metrics)
+    lines = [f"{'task':<10} {'metric':<23} {'n':>4} {'model':>7}  {'baseline':<20} {'value':>7}"
+             "  beats all"]  # fmt: skip
+    for name, (task, _, desc) in METRICS.items():
+        if name not in metrics:
+            continue
+        v = metrics[name]
+        for k, (base, value) in enumerate(list(v["baselines"].items()) or [("(none)", None)]):
+            left = f"{task:<10} {desc:<23} {v['n']:>4} {v['model']:>7.3f}" if k == 0 else ""
+            right = f"{'' if value is None else f'{value:.3f}':>7}"
+            verdict = ("  yes" if beats[name] else "  no") if k == 0 else ""
+            lines.append(f"{left:<47}  {base:<20} {right}{verdict}")
+    return "\n".join(lines)
+
+
+# ---- drawing ----------------------------------------------------------------------------------
+TRUE_COLOUR, PRED_COLOUR = (0, 0, 0), (240, 50, 230)  # black truth, magenta prediction
+
+
+def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int = 240) -> int:
+    """Draws true (black) and predicted (magenta) boxes on the first `max_images` grounding
+    examples, tiled 3 per row with the question and IoU under each; writes one PNG. Returns the
+    number of images drawn."""
+    from PIL import Image, ImageDraw
+
+    rows = [(e, s) for e, s in zip(examples, result["samples"], strict=True)
+            if e.task == "grounding"][:max_images]  # fmt: skip
+    if not rows:
+        return 0
+    cols = min(3, len(rows))
+    canvas = Image.new("RGB", (cols * (side + 8), -(-len(rows) // cols) * (side + 28)), "white")
+    for k, (e, s) in enumerate(rows):
+        with Image.open(e.image_path) as im:
+            img = im.convert("RGB")
+        scale = side / max(img.size)
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+        draw = ImageDraw.Draw(img)
+        # PIL strokes inwards: widen the box by the stroke so the object's outline stays visible
+        outside = lambda box, k=scale: [v * k + d for v, d in zip(box, (-3, -3, 2, 2))]
+        draw.rectangle(outside(s["truth"]), outline=TRUE_COLOUR, width=3)
+        caption = "no box"
+        if s["pred"] is not None:
+            draw.rectangle(outside(s["pred"]), outline=PRED_COLOUR, width=3)
+            caption = f"IoU {box_iou(s['pred'], s['truth']):.2f}"
+        label = _text(e.prompt[-1]).removeprefix("Where is the ").split("?")[0][:24]
+        x, y = (k % cols) * (side + 8) + 4, (k // cols) * (side + 28) + 4
+        canvas.paste(img, (x, y))
+        ImageDraw.Draw(canvas).text((x, y + side + 4), f"{label}: {caption}", fill="black")
+    canvas.save(path)
+    return len(rows)
+
+
+# ---- command line -----------------------------------------------------------------------------
+def latest_checkpoint(path: str) -> str:
+    """A checkpoint directory (holding params/, or the params item itself) as is; a trainer
+    workdir -> its latest step directory that holds params/."""
+    if any(os.path.exists(os.path.join(path, p)) for p in ("params", "_METADATA")):
+        return path
+    steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+    steps = [s for s in steps if os.path.isdir(os.path.join(path, str(s), "params"))]
+    if not steps:
+        raise FileNotFoundError(f"{path}: neither a checkpoint nor a directory of step checkpoints")
+    return os.path.join(path, str(max(steps)))
+
+
+def evaluate(model, tokenizer, data: str, options: RecordOptions, *, train_data=None,
+             max_samples=None, batch_size=16, max_new_tokens=64, output=None, draw=None,
+             log=print) -> dict:  # fmt: skip
+    """Loads the questions of `data`, generates, scores against the baselines fitted on
+    `train_data` (default: `data`); writes the JSON report / the PNG of boxes when asked."""
+    factor = model.cfg.vision.patch_size * model.cfg.vision.spatial_merge_size
+    examples = load_examples(data, options, max_samples, factor=factor)
+    fitted = load_examples(train_data, options, factor=factor) if train_data else examples
+    answers = generate_answers(model, tokenizer, examples, options, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, log=log)  # fmt: skip
+    result = {"data": data, "baselines_from": train_data or data,
+              **score(examples, answers, baseline_stats(fitted))}  # fmt: skip
+    if output:
+        with open(output, "w") as f:
+            json.dump(result, f, indent=1)
+    if draw:
+        drawn = draw_boxes(examples, result, draw)
+        log(f"[eval] drew predicted (magenta) and true (black) boxes of {drawn} images to {draw}")
+    return result
+
+
+def define_flags() -> None:
+    """The command line's flags (defined only when run as a script: importing defines none)."""
+    from absl import flags
+
+    from experiments.configs import demo
+
+    d = demo.get_config().data  # pixel budgets: the demo's (pass your training config's)
+    flags.DEFINE_string("checkpoint", None, "checkpoint / step directory or trainer workdir",
+                        required=True)  # fmt: skip
+    flags.DEFINE_string("data", None, "JSONL of grounding / counting / timing records",
+                        required=True)  # fmt: skip
+    flags.DEFINE_string("media_root", None, "media root (default: the JSONL's directory)")
+    flags.DEFINE_string("tokenizer_dir", None, "tokenizer.json directory (default: "
+                        "<checkpoint>/hf_assets, as converted checkpoints hold it)")  # fmt: skip
+    flags.DEFINE_string("train_data", None, "JSONL the baselines are fitted on (default: data)")
+    flags.DEFINE_integer("max_samples", None, "evaluate the first N questions only")
+    flags.DEFINE_integer("batch_size", 16, "questions per generation batch")
+    flags.DEFINE_integer("max_new_tokens", 64, "answer tokens at most")
+    flags.DEFINE_enum("ground_coords", d.ground_coords, ["original", "resized"],
+                      "pixels the truth boxes are written in (as in training)")  # fmt: skip
+    flags.DEFINE_integer("min_pixels", d.min_pixels, "image pixel budget (as in training)")
+    flags.DEFINE_integer("max_pixels", d.max_pixels, "image pixel budget (as in training)")
+    flags.DEFINE_float("fps", d.fps, "video sampling rate where a record gives none")
+    flags.DEFINE_integer("video_min_pixels", d.video_min_pixels, "video frame pixel budget")
+    flags.DEFINE_integer("video_max_pixels", d.video_max_pixels, "video frame pixel budget")
+    flags.DEFINE_bool(
+        "default_system",
+        d.default_system,
+        "prepend the template's default system turn where a record has none (as in training)",
+    )
+    flags.DEFINE_string("output", None, "write the report (metrics, answers) as JSON here")
+    flags.DEFINE_string("draw", None, "draw true and predicted boxes into this PNG")
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from qwen25vl_jax.checkpoint import load_checkpoint
+    from qwen25vl_jax.data.tokenizer import load_tokenizer
+
+    f = flags.FLAGS
+    ckpt = latest_checkpoint(f.checkpoint)
+    model, _ = load_checkpoint(ckpt)
+    tokenizer = load_tokenizer(f.tokenizer_dir or os.path.join(ckpt, "hf_assets"))
+    options = RecordOptions(
+        media_root=f.media_root or os.path.dirname(os.path.abspath(f.data)),
+        ground_coords=f.ground_coords, min_pixels=f.min_pixels, max_pixels=f.max_pixels,
+        video_fps=f.fps, video_min_pixels=f.video_min_pixels,
+        video_max_pixels=f.video_max_pixels, default_system=f.default_system,
+    )  # fmt: skip
+    result = evaluate(model, tokenizer, f.data, options, train_data=f.train_data,
+                      max_samples=f.max_samples, batch_size=f.batch_size,
+                      max_new_tokens=f.max_new_tokens, output=f.output, draw=f.draw)  # fmt: skip
+    print(f"checkpoint {ckpt}; baselines fitted on {result['baselines_from']}")
+    print(format_table(result["metrics"]))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()
+    app.run(main)
