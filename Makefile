@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: setup test lint format demo
+.PHONY: setup test lint format demo demo-convert
 
 $(VENV_STAMP): requirements.txt requirements-test.txt pyproject.toml
 	python3 -m venv .venv
@@ -24,5 +24,10 @@ format: setup
 test: lint
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q
 
+# the main job: synthetic data -> training from scratch -> evaluation, ~10 minutes on 2 CPU cores
 demo: setup
+	JAX_PLATFORMS=cpu $(PY) -m experiments.demo
+
+# a random model with the real vocabulary -> Orbax -> Hugging Face export -> score an image
+demo-convert: setup
 	JAX_PLATFORMS=cpu $(PY) -m experiments.demo_score

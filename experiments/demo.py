@@ -155,7 +155,8 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 150, steps: int 
     log("[demo] 4/4 report")
     log(evaluation.format_table(result["metrics"]))
     beaten = sum(report["beats_baseline"].values())
-    log(f"[demo] the model beats {beaten} of {len(report['beats_baseline'])} baselines; "
+    log(f"[demo] the model beats every baseline on {beaten} of {len(report['beats_baseline'])} "
+        f"metrics; "
         f"{report['steps']} steps; wall {times['total_s']:.0f} s (data {times['prepare_s']:.0f}, "
         f"train {times['train_s']:.0f}, eval {times['eval_s']:.0f}); load average "
         f"{report['load_average'][0]:.1f}")  # fmt: skip

@@ -103,8 +103,19 @@ class ModelConfig:
     vision_end_token_id: int = 151653
     bos_token_id: int = 151643
     eos_token_id: int = 151645
+    # Where the text after a video resumes its 3-D positions. "spatial": start + max(h, w)
+    # (transformers 5.24, the parity reference). "max": the largest position so far + 1
+    # (Qwen's training code and transformers 4.x). They differ when a video's temporal
+    # positions outrun its grid, and only "max" agrees with KV-cache decoding, which places new
+    # tokens after the largest prompt position (rope_deltas): train with "max" to generate
+    # about such videos. Written to config.json only when not the default.
+    position_after_video: str = "spatial"
 
     def __post_init__(self):
+        if self.position_after_video not in ("spatial", "max"):
+            raise ValueError(
+                f"position_after_video must be 'spatial' or 'max': {self.position_after_video!r}"
+            )
         if self.vision.out_hidden_size != self.text.hidden_size:
             raise ValueError(
                 f"vision out_hidden_size {self.vision.out_hidden_size} != text hidden_size "
@@ -178,7 +189,7 @@ class ModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The released *flat* config.json layout (what the original checkpoints ship)."""
         v, t = self.vision, self.text
-        return {
+        out = {
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
             "model_type": "qwen2_5_vl",
             "attention_dropout": 0.0,
@@ -218,6 +229,9 @@ class ModelConfig:
                 "tokens_per_second": v.tokens_per_second,
             },
         }
+        if self.position_after_video != "spatial":
+            out["position_after_video"] = self.position_after_video
+        return out
 
 
 def _rope_dict(d: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +298,9 @@ def config_from_hf_dict(d: dict[str, Any], *, source: str = "config.json") -> Mo
             )
             if isinstance(text.get(k), int)
         }  # fmt: skip
-        return ModelConfig(vision=vision_cfg, text=text_cfg, **ids)
+        after_video = str(d.get("position_after_video", "spatial"))
+        return ModelConfig(vision=vision_cfg, text=text_cfg, position_after_video=after_video,
+                           **ids)  # fmt: skip
     except KeyError as e:
         raise ValueError(f"{source}: missing field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:

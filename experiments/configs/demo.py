@@ -36,7 +36,10 @@ def model_config(vocab_size: int, token_ids: dict[str, int]) -> ModelConfig:
         vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
         num_kv_heads=2, head_dim=32, mrope_section=(4, 6, 6), rope_theta=10.0,
     )  # fmt: skip
-    return dataclasses.replace(cfg, **token_ids)
+    # text after a video resumes after its largest position, as Qwen trained and as KV-cache
+    # decoding assumes (see ModelConfig.position_after_video): the videos here run up to 10
+    # temporal positions on a 2 x 2 grid
+    return dataclasses.replace(cfg, position_after_video="max", **token_ids)
 
 
 def get_config(size: str = "tiny"):
@@ -44,10 +47,10 @@ def get_config(size: str = "tiny"):
     c.optim.lr = 2e-3
     c.optim.vit_lr = None
     c.optim.warmup_steps = 30
-    c.optim.total_steps = 650
+    c.optim.total_steps = 640
     c.optim.end_lr_ratio = 0.05
     c.step.dtype = "float32"  # faster than bfloat16 on CPUs
-    c.train.steps = 650
+    c.train.steps = 640
     c.train.batch_size = 4
     c.train.log_every = 10
     c.train.save_every = 200

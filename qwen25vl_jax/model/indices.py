@@ -154,7 +154,8 @@ def sample_rope_positions(
     Text advances all three axes by 1 per token. An image/video of llm grid (t, h, w) takes
     positions (start + t_index, start + row, start + col) with t_index = trunc(frame *
     tokens_per_second * second_per_grid_t) for videos (float32 maths as the reference), 0 for
-    images; the next token then starts at start + max(h, w).
+    images; the next token then starts at start + max(h, w), or after a video with
+    `cfg.position_after_video == "max"` at its largest position + 1.
     """
     merge, tps = cfg.vision.spatial_merge_size, cfg.vision.tokens_per_second
     grids = {1: iter(image_grids), 2: iter(video_grids)}
@@ -183,7 +184,10 @@ def sample_rope_positions(
                 t_index = np.zeros(t, np.int64)
             tt, hh, ww = np.meshgrid(t_index, np.arange(gh), np.arange(gw), indexing="ij")
             out.append(np.stack([tt, hh, ww]).reshape(3, -1) + cur)
-            cur += max(gh, gw)
+            if kind == 2 and cfg.position_after_video == "max":
+                cur = int(out[-1].max()) + 1
+            else:  # images: the same either way
+                cur += max(gh, gw)
             left -= t * gh * gw
         if left < 0:
             raise ValueError("media token run does not match the grids' token counts")
