@@ -145,12 +145,12 @@ def prepare(e: Example, cfg, tokenizer, options: RecordOptions) -> dict:
     """Prompt ids and decoded media of one example, as the training pipeline makes them
     (coordinates in earlier turns rescaled to the resized image for "original" data)."""
     from qwen25vl_jax.data.chat import encode_chat
-    from qwen25vl_jax.data.records import _ground, load_media
+    from qwen25vl_jax.data.records import ground_messages, load_media
 
     media = load_media(e.conversation, cfg, options)
     messages = e.prompt
     if options.ground_coords == "original":
-        messages = _ground(e.conversation, media, cfg.vision.patch_size)
+        messages = ground_messages(e.conversation, media, cfg.vision.patch_size)
     counts = {k: [int(np.prod(m[2])) // cfg.vision.merge_unit for m in media if m[0] == k]
               for k in ("image", "video")}  # fmt: skip
     ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True,

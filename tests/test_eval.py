@@ -185,12 +185,13 @@ def test_evaluate_tiny_random_model_on_synthetic_records(tmp_path):
     from flax import nnx
 
     from experiments import synthetic_tasks
-    from experiments.configs import demo
+    from experiments.configs import base, demo
     from qwen25vl_jax.data.records import decode_record, parse_record
     from qwen25vl_jax.data.small_vocab import build_small_tokenizer, chat_texts, model_token_ids
     from qwen25vl_jax.model.qwen25vl import Qwen25VL
 
-    paths = synthetic_tasks.generate(str(tmp_path / "data"), num_train=8, num_eval=4, seed=3)
+    # 12 held-out records: 7 grounding, 2 counting, 3 timing (synthetic_tasks.MIX)
+    paths = synthetic_tasks.generate(str(tmp_path / "data"), num_train=8, num_eval=12, seed=3)
     with open(paths["train"]) as f:
         raw = [json.loads(line) for line in f]
     tok = build_small_tokenizer(
@@ -199,27 +200,26 @@ def test_evaluate_tiny_random_model_on_synthetic_records(tmp_path):
     cfg = demo.model_config(tok.get_vocab_size(), model_token_ids(tok))
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
     d = demo.get_config().data
-    options = RecordOptions(
-        media_root=paths["media_root"], ground_coords=d.ground_coords, min_pixels=d.min_pixels,
-        max_pixels=d.max_pixels, video_fps=d.fps, video_min_pixels=d.video_min_pixels,
-        video_max_pixels=d.video_max_pixels,
-    )  # fmt: skip
+    d.media_root = paths["media_root"]
+    options = base.record_options(d)  # as training decodes the records
     out, png = tmp_path / "report.json", tmp_path / "boxes.png"
     result = ev.evaluate(model, tok, paths["eval"], options, train_data=paths["train"],
                          batch_size=2, max_new_tokens=4, output=str(out), draw=str(png),
                          log=lambda _: None)  # fmt: skip
 
-    assert set(result["metrics"]) == set(M.METRICS)  # 2 grounding, 1 counting, 1 timing
+    assert set(result["metrics"]) == set(M.METRICS)  # all three tasks
     assert result["baselines_from"] == paths["train"]
     for name, v in result["metrics"].items():
         assert set(v) == {"model", "baselines", "baseline", "n", "unreadable"}, name
         assert set(v["baselines"]) == set(M.BASELINES[M.METRICS[name][0]])
-    assert [s["task"] for s in result["samples"]].count("grounding") == 2
+    with open(paths["eval"]) as f:
+        asked = [json.loads(line)["task"] for line in f]
+    assert [s["task"] for s in result["samples"]] == asked  # one question per record, in order
     assert all(isinstance(s["answer"], str) for s in result["samples"])
     assert json.loads(out.read_text())["metrics"] == result["metrics"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # the baselines are the training file's (multi-turn), computed here from its raw JSON
+    # the baselines are the training file's, computed here from its raw JSON
     answers = {t: [] for t in M.BASELINES}
     for r in raw:
         replies = [m["content"] for m in r["messages"] if m["role"] == "assistant"]

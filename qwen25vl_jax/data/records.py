@@ -266,7 +266,7 @@ def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> 
     return out
 
 
-def _ground(conv: Conversation, media: list[tuple], patch_size: int) -> list[dict[str, Any]]:
+def ground_messages(conv: Conversation, media: list[tuple], patch_size: int) -> list[dict]:
     """Messages with grounding coordinates rescaled to the resized image they refer to."""
     images = [(m[4], (int(m[2][1]) * patch_size, int(m[2][2]) * patch_size))
               for m in media if m[0] == "image"]  # fmt: skip
@@ -310,7 +310,7 @@ def record_to_sample(
     media = load_media(conv, cfg, options)
     messages = conv.messages
     if options.ground_coords == "original":
-        messages = _ground(conv, media, cfg.vision.patch_size)
+        messages = ground_messages(conv, media, cfg.vision.patch_size)
     counts = {k: [int(np.prod(m[2])) // cfg.vision.merge_unit for m in media if m[0] == k]
               for k in ("image", "video")}  # fmt: skip
     try:

@@ -39,7 +39,7 @@ from qwen25vl_jax.data.tokenizer import (
     PRETOKENIZE_REGEX,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
-    _atomic_write_text,
+    atomic_write_text,
 )
 
 SPECIAL_IDS = {content: i for i, (_, content, _) in enumerate(ADDED_TOKENS)}
@@ -112,7 +112,7 @@ def save_small_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     vocabulary's (so transformers' Qwen2Tokenizer loads the directory too)."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
+    atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
     config = {
         "tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False, "add_prefix_space": False,
         "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
@@ -125,5 +125,5 @@ def save_small_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
         },
         "chat_template": QWEN25_VL_CHAT_TEMPLATE,
     }  # fmt: skip
-    _atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out

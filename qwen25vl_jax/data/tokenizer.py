@@ -257,7 +257,7 @@ def tokenizer_config(chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE) -> dic
     return config
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     # Temp file in the same directory, fsync, rename: readers never see a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -284,9 +284,9 @@ def save_tokenizer_dir(
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
+    atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
     config = json.dumps(tokenizer_config(chat_template), indent=2, ensure_ascii=False)
-    _atomic_write_text(out / TOKENIZER_CONFIG_FILE, config + "\n")
+    atomic_write_text(out / TOKENIZER_CONFIG_FILE, config + "\n")
     return out
 
 
