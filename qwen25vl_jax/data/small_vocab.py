@@ -21,25 +21,17 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import (
-    AddedToken,
-    Regex,
-    Tokenizer,
-    decoders,
-    normalizers,
-    pre_tokenizers,
-    processors,
-    trainers,
-)
+from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
 from qwen25vl_jax.data.chat import QWEN25_VL_CHAT_TEMPLATE, render_chat
 from qwen25vl_jax.data.tokenizer import (
     ADDED_TOKENS,
-    PRETOKENIZE_REGEX,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
+    add_qwen_tokens,
     atomic_write_text,
+    qwen2_tokenizer,
 )
 
 SPECIAL_IDS = {content: i for i, (_, content, _) in enumerate(ADDED_TOKENS)}
@@ -64,30 +56,14 @@ def build_small_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokeni
     them are skipped), with the 22 Qwen2.5-VL added tokens at ids 0..21."""
     if vocab_size < len(ADDED_TOKENS) + 256:
         raise ValueError(f"vocab_size {vocab_size} < {len(ADDED_TOKENS)} special + 256 bytes")
-    tok = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])  # fmt: skip
-    tok.decoder = decoders.ByteLevel()
-    # untrimmed offsets: encode_chat maps tokens to characters with them
-    tok.post_processor = processors.ByteLevel(
-        add_prefix_space=False, trim_offsets=False, use_regex=False
-    )
+    tok = qwen2_tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, show_progress=False, min_frequency=2,
         special_tokens=[c for _, c, _ in ADDED_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )  # fmt: skip
     tok.train_from_iterator(text_pieces(texts), trainer=trainer)
-    for _, content, special in ADDED_TOKENS:  # re-register with Qwen's flags, same ids
-        added = AddedToken(content, single_word=False, lstrip=False, rstrip=False,
-                           normalized=False, special=special)  # fmt: skip
-        (tok.add_special_tokens if special else tok.add_tokens)([added])
-        if tok.token_to_id(content) != SPECIAL_IDS[content]:
-            raise RuntimeError(f"{content} got id {tok.token_to_id(content)}, want "
-                               f"{SPECIAL_IDS[content]}")  # fmt: skip
+    add_qwen_tokens(tok, SPECIAL_IDS)  # re-register with Qwen's flags, same ids
     return tok
 
 

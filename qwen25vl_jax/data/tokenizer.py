@@ -188,7 +188,7 @@ def build_qwen_tokenizer(ranks_path: str | os.PathLike | None = None) -> Tokeniz
 
     vocab = {to_str(token): rank for token, rank in ranks.items()}
     merges = [(to_str(a), to_str(b)) for a, b in derive_merges(ranks)]
-    tok = Tokenizer(
+    tok = qwen2_tokenizer(
         BPE(
             vocab=vocab,
             merges=merges,
@@ -200,6 +200,14 @@ def build_qwen_tokenizer(ranks_path: str | os.PathLike | None = None) -> Tokeniz
             byte_fallback=False,
         )
     )
+    add_qwen_tokens(tok, {content: token_id for token_id, content, _ in ADDED_TOKENS})
+    return tok
+
+
+def qwen2_tokenizer(model: BPE) -> Tokenizer:
+    """A `Tokenizer` around a byte-level BPE `model` with the Qwen2 pipeline: NFC, the Qwen2
+    split regex, byte-level (pre-tokenizer, decoder, untrimmed offsets)."""
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -212,18 +220,21 @@ def build_qwen_tokenizer(ranks_path: str | os.PathLike | None = None) -> Tokeniz
     tok.post_processor = processors.ByteLevel(
         add_prefix_space=False, trim_offsets=False, use_regex=False
     )
-    # Added tokens take consecutive ids after the vocab, so add them in id order, one at a time,
-    # and check each id (a silent shift would corrupt every vision placeholder).
-    for token_id, content, special in ADDED_TOKENS:
+    return tok
+
+
+def add_qwen_tokens(tok: Tokenizer, ids: dict[str, int]) -> None:
+    """Registers the Qwen2.5-VL added tokens with Qwen's flags, in id order, one at a time,
+    checking each gets `ids[content]` (a silent shift would corrupt every vision placeholder)."""
+    for _, content, special in ADDED_TOKENS:
         added = AddedToken(content, single_word=False, lstrip=False, rstrip=False,
                            normalized=False, special=special)  # fmt: skip
         if special:
             tok.add_special_tokens([added])
         else:
             tok.add_tokens([added])
-        if tok.token_to_id(content) != token_id:
-            raise RuntimeError(f"{content} got id {tok.token_to_id(content)}, want {token_id}")
-    return tok
+        if tok.token_to_id(content) != ids[content]:
+            raise RuntimeError(f"{content} got id {tok.token_to_id(content)}, want {ids[content]}")
 
 
 def tokenizer_config(chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE) -> dict:
