@@ -35,8 +35,11 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0) -> dict[str, str]:
-    """Writes the data, the tokenizer and the random initial checkpoint; returns their paths."""
+def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None,
+            model=None) -> dict[str, str]:  # fmt: skip
+    """Writes the data, the tokenizer and the random initial checkpoint; returns their paths.
+    mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`); model:
+    keyword arguments of `configs.demo.model_config` (e.g. num_layers)."""
     from experiments import synthetic_tasks
     from experiments.configs import demo as demo_config
     from qwen25vl_jax.data.records import decode_record, parse_record
@@ -47,12 +50,15 @@ def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0) -> dict[
         save_small_tokenizer,
     )
 
-    paths = synthetic_tasks.generate(os.path.join(workdir, "data"), num_train, num_eval, seed=seed)
+    mix = synthetic_tasks.MIX if mix is None else tuple(mix)
+    paths = synthetic_tasks.generate(os.path.join(workdir, "data"), num_train, num_eval, seed=seed,
+                                     mix=mix)  # fmt: skip
     with open(paths["train"]) as f:
         convs = [parse_record(decode_record(ln, "train"), "train").messages for ln in f]
     tokenizer = build_small_tokenizer(chat_texts(convs))
     paths["tokenizer"] = str(save_small_tokenizer(tokenizer, os.path.join(workdir, "tokenizer")))
-    cfg = demo_config.model_config(tokenizer.get_vocab_size(), model_token_ids(tokenizer))
+    cfg = demo_config.model_config(tokenizer.get_vocab_size(), model_token_ids(tokenizer),
+                                   **(model or {}))  # fmt: skip
     paths["init"] = write_init_checkpoint(cfg, os.path.join(workdir, "init"), seed)
     return paths
 
@@ -91,9 +97,12 @@ def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
 
-def run(workdir: str, *, num_train: int = 3000, num_eval: int = 150, steps: int | None = None,
-        devices: int = 2, eval_batch: int = 16, seed: int = 0, overrides=()) -> dict:  # fmt: skip
-    """The whole job; returns the report (also written to <workdir>/report.json)."""
+def run(workdir: str, *, num_train: int = 3000, num_eval: int = 300, steps: int | None = None,
+        devices: int = 2, eval_batch: int = 16, seed: int = 0, overrides=(), mix=None,
+        model=None) -> dict:  # fmt: skip
+    """The whole job; returns the report (also written to <workdir>/report.json).
+
+    overrides: extra `--config.*` flags for experiments/train.py; mix, model: see `prepare`."""
     from experiments import eval as evaluation
     from experiments.configs import base
     from experiments.configs import demo as demo_config
@@ -102,7 +111,7 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 150, steps: int 
     times = {}
     os.makedirs(workdir, exist_ok=True)
     log(f"[demo] 1/4 data, tokenizer, initial checkpoint -> {workdir}")
-    paths = prepare(workdir, num_train, num_eval, seed)
+    paths = prepare(workdir, num_train, num_eval, seed, mix=mix, model=model)
     times["prepare_s"] = time.perf_counter() - t0
 
     log("[demo] 2/4 training from scratch (experiments/train.py)")
@@ -122,7 +131,6 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 150, steps: int 
 
     ckpt = evaluation.latest_checkpoint(train_dir)
     model, _ = load_checkpoint(ckpt)
-    c = demo_config.get_config()
     c = demo_config.get_config()
     c.data.media_root = paths["media_root"]
     options = base.record_options(c.data)
@@ -175,7 +183,7 @@ def main(argv):
 if __name__ == "__main__":  # flags defined here only: importing the module defines none
     flags.DEFINE_string("workdir", "out/demo", "where everything is written")
     flags.DEFINE_integer("num_train", 3000, "training records")
-    flags.DEFINE_integer("num_eval", 150, "held-out records")
+    flags.DEFINE_integer("num_eval", 300, "held-out records")
     flags.DEFINE_integer("steps", None, "training steps (default: the config's)")
     flags.DEFINE_integer("devices", 2, "host CPU devices the training batch is sharded over")
     flags.DEFINE_integer("seed", 0, "data and initialisation seed")
