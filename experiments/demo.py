@@ -97,7 +97,7 @@ def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
 
-def run(workdir: str, *, num_train: int = 3000, num_eval: int = 300, steps: int | None = None,
+def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int | None = None,
         devices: int = 2, eval_batch: int = 16, seed: int = 0, overrides=(), mix=None,
         model=None) -> dict:  # fmt: skip
     """The whole job; returns the report (also written to <workdir>/report.json).
@@ -183,7 +183,7 @@ def main(argv):
 if __name__ == "__main__":  # flags defined here only: importing the module defines none
     flags.DEFINE_string("workdir", "out/demo", "where everything is written")
     flags.DEFINE_integer("num_train", 3000, "training records")
-    flags.DEFINE_integer("num_eval", 300, "held-out records")
+    flags.DEFINE_integer("num_eval", 400, "held-out records")
     flags.DEFINE_integer("steps", None, "training steps (default: the config's)")
     flags.DEFINE_integer("devices", 2, "host CPU devices the training batch is sharded over")
     flags.DEFINE_integer("seed", 0, "data and initialisation seed")

@@ -58,8 +58,8 @@ def get_config(size: str = "tiny"):
     c.train.keep = 2
     c.data.source = "records"
     # 8 rows of 256 tokens rather than 4 of 512: the same tokens per step, but attention (which
-    # masks the other samples of a row out after computing them) costs half; measured 0.43 s
-    # against 0.62 s per step, see BUILD_NOTES
+    # masks the other samples of a row out after computing them) costs half: 0.47-0.61 s a step
+    # against 0.78 s with 3 layers (BUILD_NOTES §6), so 900 steps fit in the 10 minutes
     c.data.seq_len = 256
     c.data.num_slots = 384
     c.data.workers = 1  # decoding and resizing (~0.2 s per batch) overlaps the step
