@@ -36,10 +36,10 @@ def log(msg: str) -> None:
 
 
 def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None,
-            model=None) -> dict[str, str]:  # fmt: skip
+            model_args=None) -> dict[str, str]:  # fmt: skip
     """Writes the data, the tokenizer and the random initial checkpoint; returns their paths.
-    mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`); model:
-    keyword arguments of `configs.demo.model_config` (e.g. num_layers)."""
+    mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`);
+    model_args: keyword arguments of `configs.demo.model_config` (e.g. num_layers)."""
     from experiments import synthetic_tasks
     from experiments.configs import demo as demo_config
     from qwen25vl_jax.data.records import decode_record, parse_record
@@ -58,7 +58,7 @@ def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=N
     tokenizer = build_small_tokenizer(chat_texts(convs))
     paths["tokenizer"] = str(save_small_tokenizer(tokenizer, os.path.join(workdir, "tokenizer")))
     cfg = demo_config.model_config(tokenizer.get_vocab_size(), model_token_ids(tokenizer),
-                                   **(model or {}))  # fmt: skip
+                                   **(model_args or {}))  # fmt: skip
     paths["init"] = write_init_checkpoint(cfg, os.path.join(workdir, "init"), seed)
     return paths
 
@@ -99,10 +99,10 @@ def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
 
 def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int | None = None,
         devices: int = 2, eval_batch: int = 16, seed: int = 0, overrides=(), mix=None,
-        model=None) -> dict:  # fmt: skip
+        model_args=None) -> dict:  # fmt: skip
     """The whole job; returns the report (also written to <workdir>/report.json).
 
-    overrides: extra `--config.*` flags for experiments/train.py; mix, model: see `prepare`."""
+    overrides: extra `--config.*` flags for experiments/train.py; mix, model_args: see `prepare`."""
     from experiments import eval as evaluation
     from experiments.configs import base
     from experiments.configs import demo as demo_config
@@ -111,7 +111,7 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
     times = {}
     os.makedirs(workdir, exist_ok=True)
     log(f"[demo] 1/4 data, tokenizer, initial checkpoint -> {workdir}")
-    paths = prepare(workdir, num_train, num_eval, seed, mix=mix, model=model)
+    paths = prepare(workdir, num_train, num_eval, seed, mix=mix, model_args=model_args)
     times["prepare_s"] = time.perf_counter() - t0
 
     log("[demo] 2/4 training from scratch (experiments/train.py)")

@@ -43,14 +43,15 @@ VARIANTS = {
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
 
 
-def run_kwargs(name: str, seed: int, num_eval: int, workers: int) -> dict:
-    """`demo.run` keyword arguments of one variant and seed."""
+def run_kwargs(name: str, seed: int, num_eval: int, workers: int, steps: int | None = None) -> dict:
+    """`demo.run` keyword arguments of one variant and seed; `steps` replaces the variant's."""
     if name not in VARIANTS:
         raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
     v = VARIANTS[name]
     return {
-        "num_train": v.get("num_train", 3000), "num_eval": num_eval, "steps": v.get("steps"),
-        "seed": seed, "mix": v.get("mix"), "model": v.get("model"),
+        "num_train": v.get("num_train", 3000), "num_eval": num_eval,
+        "steps": steps or v.get("steps"),
+        "seed": seed, "mix": v.get("mix"), "model_args": v.get("model"),
         "overrides": [*v.get("overrides", []), f"--config.data.workers={workers}",
                       "--config.train.save_every=100000"],
     }  # fmt: skip
@@ -75,11 +76,12 @@ def table(rows: list[tuple[str, dict | None]]) -> str:
 
 
 def sweep(workdir: str, names: list[str], seeds: list[int], *, parallel: int, devices: int,
-          num_eval: int, workers: int, deadline_s: float) -> str:  # fmt: skip
+          num_eval: int, workers: int, deadline_s: float,
+          steps: int | None = None) -> str:  # fmt: skip
     """Runs every (variant, seed), `parallel` at a time; returns the table (also table.md)."""
     jobs = [(n, s) for n in names for s in seeds]
     for n, s in jobs:
-        run_kwargs(n, s, num_eval, workers)  # unknown names fail before anything runs
+        run_kwargs(n, s, num_eval, workers, steps)  # unknown names fail before anything runs
     os.makedirs(workdir, exist_ok=True)
     t0, running, done = time.perf_counter(), {}, {}
     while jobs or running:
@@ -88,7 +90,7 @@ def sweep(workdir: str, names: list[str], seeds: list[int], *, parallel: int, de
             out = os.path.join(workdir, f"{n}-s{s}")
             os.makedirs(out, exist_ok=True)
             spec = json.dumps({"workdir": out, "devices": devices,
-                               **run_kwargs(n, s, num_eval, workers)})  # fmt: skip
+                               **run_kwargs(n, s, num_eval, workers, steps)})  # fmt: skip
             log = open(os.path.join(out, "log.txt"), "w")  # noqa: SIM115 (open while it runs)
             cmd = [sys.executable, "-m", "experiments.demo_sweep", f"--run_one={spec}"]
             running[(n, s)] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
@@ -126,7 +128,7 @@ def main(argv):
         return
     print(sweep(f.workdir, f.variants.split(","), [int(s) for s in f.seeds.split(",")],
                 parallel=f.parallel, devices=f.devices, num_eval=f.num_eval, workers=f.workers,
-                deadline_s=f.deadline_s))  # fmt: skip
+                deadline_s=f.deadline_s, steps=f.steps or None))  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -137,6 +139,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("devices", 2, "host CPU devices each run shards its batch over")
     flags.DEFINE_integer("num_eval", 400, "held-out records per run")
     flags.DEFINE_integer("workers", 1, "data preprocessing processes per run")
+    flags.DEFINE_integer("steps", 0, "training steps of every run (0: each variant's own)")
     flags.DEFINE_float("deadline_s", 1e9, "runs still going after this are stopped")
     flags.DEFINE_string("run_one", "", "internal: demo.run keyword arguments as JSON")
     app.run(main)

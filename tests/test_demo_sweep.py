@@ -8,13 +8,14 @@ from experiments import demo_sweep
 
 def test_variant_specs_compose_on_the_old_demo():
     kw = demo_sweep.run_kwargs("v5_mix70_layers4_steps1000", seed=3, num_eval=50, workers=2)
-    assert kw["mix"] == [0.7, 0.15, 0.15] and kw["model"] == {"num_layers": 4}
+    assert kw["mix"] == [0.7, 0.15, 0.15] and kw["model_args"] == {"num_layers": 4}
     assert kw["steps"] == 1000 and kw["seed"] == 3 and kw["num_eval"] == 50
     assert "--config.data.seq_len=512" in kw["overrides"]  # still the old row shape
     assert "--config.data.workers=2" in kw["overrides"]
     demo = demo_sweep.run_kwargs("demo", seed=0, num_eval=50, workers=1)
-    assert demo["mix"] is None and demo["model"] is None and demo["steps"] is None
+    assert demo["mix"] is None and demo["model_args"] is None and demo["steps"] is None
     assert not any("seq_len" in o for o in demo["overrides"])
+    assert demo_sweep.run_kwargs("v5", seed=0, num_eval=5, workers=1, steps=7)["steps"] == 7
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         demo_sweep.run_kwargs("nope", seed=0, num_eval=1, workers=1)
 
