@@ -30,10 +30,16 @@ def model_config(vocab_size: int, token_ids: dict[str, int], *, num_layers: int 
     1e6) the height / width pairs turn by under 0.06 rad per token: a handful of positions look
     alike and the boxes stay at the mean (measured: mean IoU 0.06 at theta 100, 0.35 at theta 10
     after the same 500 steps). At theta 10 width turns 0.12-0.24 rad per token, time 0.65-1.
+
+    tokens_per_second 1 (the release: 2): a video's temporal positions run one per second; the
+    last temporal patch of a 16 s video sits at position 14 rather than 28, and time's 4 fast
+    rotary pairs wrap around half as often. With 2, seed 2 did not learn the timing question in
+    900 steps (its answers followed the position: "4" for second 2); with 1 it did (BUILD_NOTES
+    §6).
     token_ids: `small_vocab.model_token_ids(tokenizer)`."""
     cfg = ModelConfig.tiny(
         vision=dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=4, window_size=56,
-                    fullatt_block_indexes=(1,)),
+                    fullatt_block_indexes=(1,), tokens_per_second=1),
         vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_layers=num_layers,
         num_heads=4, num_kv_heads=2, head_dim=32, mrope_section=(4, 6, 6), rope_theta=10.0,
     )  # fmt: skip
