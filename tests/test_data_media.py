@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 
+import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as hf_pil
 
 from qwen25vl_jax.data import (
     VIDEO_MAX_PIXELS,
@@ -29,9 +32,6 @@ from qwen25vl_jax.data import (
     smart_resize,
     write_video,
 )
-
-hf_pil = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
-torch = pytest.importorskip("torch")
 
 
 def _rand_image(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:
@@ -325,7 +325,6 @@ def gray_video(request, tmp_path_factory):
 
     "gop4" puts a keyframe every 4 frames so that seeking to start_s really moves.
     """
-    av = pytest.importorskip("av")
     path = tmp_path_factory.mktemp(request.param) / "gray.mp4"
     frames = np.stack([np.full((48, 64, 3), 8 * i, np.uint8) for i in range(30)])
     x264 = "libx264" in av.codecs_available

@@ -198,6 +198,7 @@ def test_cli_parity_mode_writes_the_reference_tokens(tiny, tmp_path):
                               cfg.bos_token_id)  # fmt: skip
     assert tokens.shape == (2, N_NEW) and tokens.dtype == np.int32
     t = first_near_tie(logits)
+    assert t >= 6, f"reference ties at step {t}: the comparison would be vacuous"
     np.testing.assert_array_equal(tokens[:, :t], ref[:, :t])
 
 

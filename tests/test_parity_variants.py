@@ -23,15 +23,22 @@ VARIANTS = {
 }  # fmt: skip
 
 
+# grids large enough for ragged 4x4-unit windows at window 112 (patch 14: 8x8 patches a window)
+WINDOW112_CASES = {
+    "image_and_video": [[3, ("image", (1, 18, 22)), 2, ("video", (2, 10, 6), 0.75), 4]],
+    "batch2_left_pad": [[3, ("image", (1, 14, 10)), 9], [2, ("image", (1, 18, 6)), 3]],
+}
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_variant_logits(variant, tmp_path):
     ref_model = Reference(VARIANTS[variant], tmp_path)
+    cases = WINDOW112_CASES if variant == "window112" else CASES
     for case in ("image_and_video", "batch2_left_pad"):
-        rows = CASES[case]
-        if variant == "window112":  # grids large enough for ragged 4x4-unit windows
-            rows = [[3, ("image", (1, 18, 22)), 2, ("video", (2, 10, 6), 0.75), 4]]
-        arrays = make_case(ref_model.cfg, rows, seed=7)
+        arrays = make_case(ref_model.cfg, cases[case], seed=7)
+        if case == "batch2_left_pad":  # one row really is left-padded
+            assert arrays["attention_mask"][:, 0].min() == 0, case
         ref, _, _ = hf_logits(ref_model.torch, ref_model.cfg, arrays)
         ours, _, _ = run_ours(ref_model.jax, ref_model.cfg, arrays)
         assert_logits_match(ours, ref, arrays["attention_mask"])
