@@ -19,10 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import bench_config, best_torch_seconds, median_seconds  # noqa: E402
 from qwen25vl_jax.data.batch import batch_from_hf  # noqa: E402
 from qwen25vl_jax.hf_weights import load_hf  # noqa: E402
+from qwen25vl_jax.model.options import RunOptions  # noqa: E402
 from qwen25vl_jax.sharding import make_mesh  # noqa: E402
 from qwen25vl_jax.train.metrics import batch_flops  # noqa: E402
-from qwen25vl_jax.train.optimizer import OptimConfig, flatten  # noqa: E402
-from qwen25vl_jax.train.trainer import StepConfig, Trainer  # noqa: E402
+from qwen25vl_jax.train.optimizer import OptimConfig  # noqa: E402
+from qwen25vl_jax.train.trainer import Trainer  # noqa: E402
 from tests.cases import make_case  # noqa: E402
 from tests.hf_reference import build_hf_model, hf_inputs_to_torch  # noqa: E402
 
@@ -45,7 +46,7 @@ def main(argv):
         model, _ = load_hf(d)
     from flax import nnx
 
-    params = flatten(nnx.to_pure_dict(nnx.state(model)))
+    params = nnx.to_pure_dict(nnx.state(model))
     torch_model.train()
     adam = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0)
     kw = hf_inputs_to_torch(cfg, arrays)
@@ -61,7 +62,7 @@ def main(argv):
         torch_model(**kw, position_ids=pos, labels=labels).loss.backward()
         adam.step()
 
-    trainer = Trainer(cfg, optim, StepConfig(dtype="float32"), make_mesh(devices=jax.devices()[:1]))
+    trainer = Trainer(cfg, optim, RunOptions(dtype="float32"), make_mesh(devices=jax.devices()[:1]))
     batch = batch_from_hf(cfg, arrays, supervised)
     state = [trainer.init_state(params)]
     gbatch = trainer.global_batch(batch)
@@ -71,7 +72,7 @@ def main(argv):
         jax.block_until_ready(metrics)
 
     # XLA counts a while loop's body once: analyse a step with the layer scans unrolled
-    unrolled = Trainer(cfg, optim, StepConfig(dtype="float32", unroll=True), trainer.mesh)
+    unrolled = Trainer(cfg, optim, RunOptions(dtype="float32", unroll=True), trainer.mesh)
     compiled = unrolled._step.lower(state[0], gbatch).compile().cost_analysis()
     compiled = compiled[0] if isinstance(compiled, list) else compiled
     analytic = batch_flops(cfg, batch, optim)["total"]

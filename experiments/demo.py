@@ -4,15 +4,16 @@
 
 1. data: synthetic images, videos and JSONL records (`experiments/synthetic_tasks.py`);
 2. tokenizer: a small byte-level BPE with the Qwen2.5-VL special tokens
-   (`qwen25vl_jax/data/small_vocab.py`), and a randomly initialised Orbax checkpoint of the
-   tiny model (`experiments/configs/demo.py`);
-3. training from scratch with `experiments/train.py` (Grain pipeline with packing, the batch
-   sharded over the host's CPU devices, Orbax checkpoints, TensorBoard logs, progress lines);
+   (`qwen25vl_jax/data/small_vocab.py`);
+3. training from scratch with `experiments/train.py` of the tiny model the config gives
+   (`experiments/configs/demo.py`; random weights drawn by the trainer; Grain pipeline with
+   packing, the batch sharded over the host's CPU devices, Orbax checkpoints, TensorBoard logs,
+   progress lines);
 4. evaluation on held-out records with KV-cache generation (`experiments/eval.py`): metrics
    beside their trivial baselines, predicted and true boxes drawn into a PNG;
 5. a short report, also written as JSON.
 
-Outputs under --workdir: data/, tokenizer/, init/, train/ (checkpoints <step>/, metrics.jsonl,
+Outputs under --workdir: data/, tokenizer/, train/ (checkpoints <step>/, metrics.jsonl,
 tensorboard/), boxes.png, report.json.
 """
 
@@ -35,15 +36,14 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None,
-            model_args=None) -> dict[str, str]:  # fmt: skip
-    """Writes the data, the tokenizer and the random initial checkpoint; returns their paths.
-    mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`);
-    model_args: keyword arguments of `configs.demo.model_config` (e.g. num_layers)."""
+def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None
+            ) -> tuple[dict[str, str], int]:  # fmt: skip
+    """Writes the data and the tokenizer; returns their paths and the tokenizer's vocabulary
+    size. mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`)."""
     from experiments import synthetic_tasks
-    from experiments.configs import demo as demo_config
     from qwen25vl_jax.data.records import decode_record, parse_record
     from qwen25vl_jax.data.small_vocab import (
+        TOKEN_IDS,
         build_small_tokenizer,
         chat_texts,
         model_token_ids,
@@ -56,31 +56,17 @@ def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=N
     with open(paths["train"]) as f:
         convs = [parse_record(decode_record(ln, "train"), "train").messages for ln in f]
     tokenizer = build_small_tokenizer(chat_texts(convs))
+    if model_token_ids(tokenizer) != TOKEN_IDS:  # the ids experiments/configs/demo.py gives
+        raise ValueError(f"small tokenizer ids {model_token_ids(tokenizer)} != {TOKEN_IDS}")
     paths["tokenizer"] = str(save_small_tokenizer(tokenizer, os.path.join(workdir, "tokenizer")))
-    cfg = demo_config.model_config(tokenizer.get_vocab_size(), model_token_ids(tokenizer),
-                                   **(model_args or {}))  # fmt: skip
-    paths["init"] = write_init_checkpoint(cfg, os.path.join(workdir, "init"), seed)
-    return paths
-
-
-def write_init_checkpoint(cfg, path: str, seed: int) -> str:
-    """A randomly initialised model as an Orbax checkpoint: how the trainer learns the shape of
-    a model that is not a preset."""
-    from flax import nnx
-
-    from qwen25vl_jax.checkpoint import save_params
-    from qwen25vl_jax.model.qwen25vl import Qwen25VL
-
-    model = Qwen25VL(cfg, rngs=nnx.Rngs(seed))
-    return save_params(path, model, cfg, overwrite=True)
+    return paths, tokenizer.get_vocab_size()
 
 
 def train_command(paths: dict[str, str], train_dir: str, overrides=()) -> list[str]:
     return [
         sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={train_dir}",
         f"--config.data.paths={paths['train']}", f"--config.data.media_root={paths['media_root']}",
-        f"--config.data.tokenizer_dir={paths['tokenizer']}",
-        f"--config.model.init_checkpoint={paths['init']}", *overrides,
+        f"--config.data.tokenizer_dir={paths['tokenizer']}", *overrides,
     ]  # fmt: skip
 
 
@@ -102,7 +88,9 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
         model_args=None) -> dict:  # fmt: skip
     """The whole job; returns the report (also written to <workdir>/report.json).
 
-    overrides: extra `--config.*` flags for experiments/train.py; mix, model_args: see `prepare`."""
+    overrides: extra `--config.*` flags for experiments/train.py; mix: see `prepare`;
+    model_args: fields of the demo model's text config to change (e.g. {"num_layers": 3});
+    seed: the data's and the initial weights' (`model.init_seed`)."""
     from experiments import eval as evaluation
     from experiments.configs import base
     from experiments.configs import demo as demo_config
@@ -110,8 +98,14 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
     t0 = time.perf_counter()
     times = {}
     os.makedirs(workdir, exist_ok=True)
-    log(f"[demo] 1/4 data, tokenizer, initial checkpoint -> {workdir}")
-    paths = prepare(workdir, num_train, num_eval, seed, mix=mix, model_args=model_args)
+    log(f"[demo] 1/4 data, tokenizer -> {workdir}")
+    paths, vocab_size = prepare(workdir, num_train, num_eval, seed, mix=mix)
+    overrides = (
+        f"--config.model.overrides.text.vocab_size={vocab_size}",
+        f"--config.model.init_seed={seed}",
+        *(f"--config.model.overrides.text.{k}={v}" for k, v in (model_args or {}).items()),
+        *overrides,
+    )
     times["prepare_s"] = time.perf_counter() - t0
 
     log("[demo] 2/4 training from scratch (experiments/train.py)")
@@ -126,10 +120,10 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
 
     log("[demo] 3/4 held-out evaluation with KV-cache generation (experiments/eval.py)")
     t = time.perf_counter()
-    from qwen25vl_jax.checkpoint import load_checkpoint
+    from qwen25vl_jax.checkpoint import latest_checkpoint, load_checkpoint
     from qwen25vl_jax.data.tokenizer import load_tokenizer
 
-    ckpt = evaluation.latest_checkpoint(train_dir)
+    ckpt = latest_checkpoint(train_dir)
     model, _ = load_checkpoint(ckpt)
     c = demo_config.get_config()
     c.data.media_root = paths["media_root"]

@@ -1,7 +1,8 @@
 """Grounding, counting and video-timing metrics of a checkpoint, beside trivial baselines.
 
   python -m experiments.eval --checkpoint=out/demo/train --data=out/demo/data/eval.jsonl \
-      --media_root=out/demo/data --tokenizer_dir=out/demo/tokenizer \
+      --config=experiments/configs/demo.py --media_root=out/demo/data \
+      --tokenizer_dir=out/demo/tokenizer \
       --train_data=out/demo/data/train.jsonl --output=report.json --draw=boxes.png
 
 --checkpoint: a checkpoint directory (converted or a trainer step) or a trainer workdir (its
@@ -9,9 +10,10 @@ latest step). Every assistant turn of the JSONL (the training format,
 `qwen25vl_jax/data/records.py`) is one question: the turn is the truth, the turns before it the
 prompt. The task is the record's ``"task"`` field, else read from the truth: a ``bbox_2d`` is
 grounding, a number about a video is timing, a number about an image is counting. Media are
-decoded and resized as the training pipeline does (`records.load_media`); pass the pixel
-budgets and --ground_coords the model was trained with (the defaults are the demo's,
-`experiments/configs/demo.py`). Answers are generated greedily in batches
+decoded and resized as the training pipeline does (`records.load_media`): pass the training
+config (--config=experiments/configs/demo.py for the demo's checkpoints) so that the pixel
+budgets and ground_coords are the ones the model was trained with (default: the library's,
+`RecordOptions`). Answers are generated greedily in batches
 (`qwen25vl_jax.inference.Generator`); predicted boxes are mapped back to the original image.
 
 Metrics and baselines: `experiments/metrics.py` (mean IoU and accuracy at IoU >= 0.5, exact-count
@@ -332,18 +334,6 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
 
 
 # ---- command line -----------------------------------------------------------------------------
-def latest_checkpoint(path: str) -> str:
-    """A checkpoint directory (holding params/, or the params item itself) as is; a trainer
-    workdir -> its latest step directory that holds params/."""
-    if any(os.path.exists(os.path.join(path, p)) for p in ("params", "_METADATA")):
-        return path
-    steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
-    steps = [s for s in steps if os.path.isdir(os.path.join(path, str(s), "params"))]
-    if not steps:
-        raise FileNotFoundError(f"{path}: neither a checkpoint nor a directory of step checkpoints")
-    return os.path.join(path, str(max(steps)))
-
-
 def evaluate(model, tokenizer, data: str, options: RecordOptions, *, train_data=None,
              max_samples=None, batch_size=16, max_new_tokens=64, output=None, draw=None,
              log=print) -> dict:  # fmt: skip
@@ -368,10 +358,8 @@ def evaluate(model, tokenizer, data: str, options: RecordOptions, *, train_data=
 def define_flags() -> None:
     """The command line's flags (defined only when run as a script: importing defines none)."""
     from absl import flags
+    from ml_collections import config_flags
 
-    from experiments.configs import demo
-
-    d = demo.get_config().data  # pixel budgets: the demo's (pass your training config's)
     flags.DEFINE_string("checkpoint", None, "checkpoint / step directory or trainer workdir",
                         required=True)  # fmt: skip
     flags.DEFINE_string("data", None, "JSONL of grounding / counting / timing records",
@@ -383,18 +371,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_samples", None, "evaluate the first N questions only")
     flags.DEFINE_integer("batch_size", 16, "questions per generation batch")
     flags.DEFINE_integer("max_new_tokens", 64, "answer tokens at most")
-    flags.DEFINE_enum("ground_coords", d.ground_coords, ["original", "resized"],
-                      "pixels the truth boxes are written in (as in training)")  # fmt: skip
-    flags.DEFINE_integer("min_pixels", d.min_pixels, "image pixel budget (as in training)")
-    flags.DEFINE_integer("max_pixels", d.max_pixels, "image pixel budget (as in training)")
-    flags.DEFINE_float("fps", d.fps, "video sampling rate where a record gives none")
-    flags.DEFINE_integer("video_min_pixels", d.video_min_pixels, "video frame pixel budget")
-    flags.DEFINE_integer("video_max_pixels", d.video_max_pixels, "video frame pixel budget")
-    flags.DEFINE_bool(
-        "default_system",
-        d.default_system,
-        "prepend the template's default system turn where a record has none (as in training)",
-    )
+    config_flags.DEFINE_config_file(
+        "config", None, "the training config: media are decoded as its `data` section says "
+        "(pixel budgets, fps, ground_coords, default_system); default: the library's defaults"
+    )  # fmt: skip
     flags.DEFINE_string("output", None, "write the report (metrics, answers) as JSON here")
     flags.DEFINE_string("draw", None, "draw true and predicted boxes into this PNG")
 
@@ -403,19 +383,17 @@ def main(argv):
     del argv
     from absl import flags
 
-    from qwen25vl_jax.checkpoint import load_checkpoint
+    from experiments.configs import base
+    from qwen25vl_jax.checkpoint import latest_checkpoint, load_checkpoint
     from qwen25vl_jax.data.tokenizer import load_tokenizer
 
     f = flags.FLAGS
     ckpt = latest_checkpoint(f.checkpoint)
     model, _ = load_checkpoint(ckpt)
     tokenizer = load_tokenizer(f.tokenizer_dir or os.path.join(ckpt, "hf_assets"))
-    options = RecordOptions(
-        media_root=f.media_root or os.path.dirname(os.path.abspath(f.data)),
-        ground_coords=f.ground_coords, min_pixels=f.min_pixels, max_pixels=f.max_pixels,
-        video_fps=f.fps, video_min_pixels=f.video_min_pixels,
-        video_max_pixels=f.video_max_pixels, default_system=f.default_system,
-    )  # fmt: skip
+    options = base.record_options(f.config.data) if f.config else RecordOptions()
+    media_root = f.media_root or os.path.dirname(os.path.abspath(f.data))
+    options = dataclasses.replace(options, media_root=media_root)
     result = evaluate(model, tokenizer, f.data, options, train_data=f.train_data,
                       max_samples=f.max_samples, batch_size=f.batch_size,
                       max_new_tokens=f.max_new_tokens, output=f.output, draw=f.draw)  # fmt: skip

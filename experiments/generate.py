@@ -42,32 +42,6 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and para
 flags.DEFINE_enum("cache_dtype", None, ["float32", "bfloat16"], "KV cache dtype (default dtype).")
 flags.DEFINE_integer("cache_size", None, "KV cache slots (default: prompt bucket + new tokens).")
 
-INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
-              "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
-
-
-def load_model(dtype):
-    """(model, cfg) from --hf_dir or --checkpoint."""
-    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
-        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
-    if FLAGS.hf_dir:
-        from qwen25vl_jax.hf_weights import load_hf
-
-        return load_hf(FLAGS.hf_dir, param_dtype=dtype)
-    from qwen25vl_jax.checkpoint import load_checkpoint  # lazily: written separately
-
-    return load_checkpoint(FLAGS.checkpoint, param_dtype=dtype)
-
-
-def read_inputs(path: str) -> dict[str, np.ndarray]:
-    """Processor-format arrays from an .npz (never unpickled)."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in INPUT_KEYS if k in f.files}
-    if "input_ids" not in arrays:
-        raise app.UsageError(f"{path}: no 'input_ids' array")
-    return arrays
-
-
 def build_chat_inputs(cfg, tokenizer):
     """Encodes the images / video and the chat prompt. Returns (arrays, images) where images is
     a list of (PIL image, resized (h, w)) for grounding."""
@@ -175,12 +149,16 @@ def main(argv):
     import jax.numpy as jnp
 
     from qwen25vl_jax.inference import Generator, Sampling
+    from qwen25vl_jax.loading import load_model, read_processor_arrays
     from qwen25vl_jax.model.qwen25vl import RunOptions
 
     if bool(FLAGS.inputs) != bool(FLAGS.output):
         raise app.UsageError("--inputs and --output go together (parity mode)")
+    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
+        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
     dtype = jnp.dtype(FLAGS.dtype)
-    model, cfg = load_model(dtype)
+    model, cfg = load_model(checkpoint=FLAGS.checkpoint or None, hf_dir=FLAGS.hf_dir or None,
+                            dtype=dtype)  # fmt: skip
     gen = Generator(model, opts=RunOptions(dtype=dtype), cache_dtype=FLAGS.cache_dtype)
     gen_kw = dict(
         max_new_tokens=FLAGS.max_new_tokens, key=jax.random.key(FLAGS.seed),
@@ -188,7 +166,7 @@ def main(argv):
         cache_size=FLAGS.cache_size,
     )  # fmt: skip
     if FLAGS.inputs:
-        out = gen.generate(read_inputs(FLAGS.inputs), **gen_kw)
+        out = gen.generate(read_processor_arrays(FLAGS.inputs), **gen_kw)
         np.savez(FLAGS.output, tokens=out.tokens.astype(np.int32))
         print(f"wrote tokens {out.tokens.shape} to {FLAGS.output}")
         return

@@ -14,7 +14,6 @@ position_ids int [3,B,L] and rope_deltas int [B,1].
 from __future__ import annotations
 
 import os
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from qwen25vl_jax.loading import load_model, read_processor_arrays
 from qwen25vl_jax.model.inputs import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import RunOptions, forward
 
@@ -35,44 +35,13 @@ flags.DEFINE_string("output", None, ".npz to write logits, position_ids, rope_de
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter and compute dtype")
 flags.DEFINE_enum("backend", "xla", ["xla", "cudnn"], "attention backend")
 
-ARRAY_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
-              "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")  # fmt: skip
 
-
-def load_model(hf_dir: str | None, checkpoint: str | None, dtype=jnp.float32):
-    """(model, cfg) from exactly one of a Hugging Face directory or an Orbax checkpoint."""
-    if (hf_dir is None) == (checkpoint is None):
-        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
-    if hf_dir is not None:
-        from qwen25vl_jax.hf_weights import load_hf
-
-        return load_hf(hf_dir, param_dtype=dtype)
-    from qwen25vl_jax.checkpoint import load_checkpoint
-
-    return load_checkpoint(checkpoint, param_dtype=dtype)
-
-
-def read_inputs(path: str) -> dict[str, np.ndarray]:
-    """Reads processor arrays from an .npz without unpickling (allow_pickle=False)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such inputs file")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz of plain arrays ({e})") from None
-    unknown = sorted(set(arrays) - set(ARRAY_KEYS))
-    if "input_ids" not in arrays:
-        raise ValueError(f"{path}: missing 'input_ids'")
-    if unknown:
-        raise ValueError(f"{path}: unknown arrays {unknown}; expected some of {ARRAY_KEYS}")
-    return arrays
-
-
-def score(model, cfg, arrays: dict, opts: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
+def score(model, model_cfg, arrays: dict, opts: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
     """logits float32 [B,L,V], position_ids int64 [3,B,L], rope_deltas int64 [B,1]."""
     media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, deltas = inputs_from_hf(cfg, arrays["input_ids"], arrays.get("attention_mask"), **media)
+    inputs, deltas = inputs_from_hf(
+        model_cfg, arrays["input_ids"], arrays.get("attention_mask"), **media
+    )
     graphdef, state = nnx.split(model)
     logits = jax.jit(forward, static_argnums=3)(graphdef, state, inputs, opts)
     return {
@@ -96,8 +65,11 @@ def write_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
 def main(argv):
     del argv
     dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
-    model, cfg = load_model(FLAGS.hf_dir, FLAGS.checkpoint, dtype)
-    outputs = score(model, cfg, read_inputs(FLAGS.inputs), RunOptions(dtype, FLAGS.backend))
+    if (FLAGS.hf_dir is None) == (FLAGS.checkpoint is None):
+        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
+    model, model_cfg = load_model(checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir, dtype=dtype)
+    arrays = read_processor_arrays(FLAGS.inputs)
+    outputs = score(model, model_cfg, arrays, RunOptions(dtype, FLAGS.backend))
     write_outputs(FLAGS.output, outputs)
     b, length, v = outputs["logits"].shape
     print(f"wrote {FLAGS.output}: logits [{b}, {length}, {v}]")

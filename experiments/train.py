@@ -11,8 +11,6 @@ optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU cl
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 from absl import app, flags, logging
@@ -21,6 +19,8 @@ from ml_collections import config_flags
 from experiments.configs import base
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.packing import Bucket
+from qwen25vl_jax.dataclass_dict import from_plain
+from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.sharding import make_mesh
 from qwen25vl_jax.train.metrics import MetricWriter, Throughput, batch_flops, peak_flops
 from qwen25vl_jax.train.optimizer import OptimConfig
@@ -37,10 +37,6 @@ flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() (a
 flags.DEFINE_float("peak_tflops", None, "per-device peak TFLOP/s for MFU where not known")
 FLAGS = flags.FLAGS
 
-PRESETS = {"tiny": ModelConfig.tiny, "3b": ModelConfig.qwen25vl_3b, "7b": ModelConfig.qwen25vl_7b,
-           "32b": ModelConfig.qwen25vl_32b, "72b": ModelConfig.qwen25vl_72b}  # fmt: skip
-
-
 def init_distributed():
     if FLAGS.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
@@ -50,31 +46,34 @@ def init_distributed():
         jax.distributed.initialize()
 
 
-def model_and_params(c, mesh):
-    """(ModelConfig, nested float32 params or None for random init) from the config; an Orbax
-    checkpoint is restored straight into the mesh's shards."""
-    if c.model.init_checkpoint:
-        import jax.numpy as jnp
-
-        from qwen25vl_jax.checkpoint import load_checkpoint
-
-        model, cfg = load_checkpoint(c.model.init_checkpoint, param_dtype=jnp.float32, mesh=mesh)
-    elif c.model.init_hf_dir:
-        from qwen25vl_jax.hf_weights import load_hf
-
-        model, cfg = load_hf(c.model.init_hf_dir)
-    else:
-        return PRESETS[c.model.preset](), None
+def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
+    """(ModelConfig, nested float32 params or None for random init) from the config's model
+    section: an Orbax checkpoint (restored straight into the mesh's shards) or a Hugging Face
+    directory, whose config.json gives the architecture, else the preset with its overrides."""
+    m = c.model
+    init = m.init_checkpoint or m.init_hf_dir
+    overrides = m.overrides.to_dict()
+    if init and overrides:
+        raise ValueError(f"config model.overrides {sorted(overrides)} apply to a preset, but "
+                         f"the architecture of {init} is its config.json")  # fmt: skip
+    if not init:
+        return ModelConfig.preset(m.preset, overrides), None
     from flax import nnx
 
-    return cfg, nnx.to_pure_dict(nnx.state(model))
+    from qwen25vl_jax.loading import load_model
+
+    model, model_cfg = load_model(
+        checkpoint=m.init_checkpoint or None, hf_dir=m.init_hf_dir or None,
+        dtype="float32", mesh=mesh,
+    )  # fmt: skip
+    return model_cfg, nnx.to_pure_dict(nnx.state(model))
 
 
-def make_data(c, cfg: ModelConfig):
+def make_data(c, model_cfg: ModelConfig):
     bucket = Bucket(c.data.seq_len, c.data.num_slots)
     if c.data.source == "synthetic":
         return SyntheticBatches(
-            cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
+            model_cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             repeat=c.data.synthetic_repeat,
         )  # fmt: skip
@@ -87,33 +86,31 @@ def make_data(c, cfg: ModelConfig):
         paths=tuple(p for p in d.paths.split(",") if p), media_root=d.media_root,
         buckets=(bucket,), batch_size=c.train.batch_size // jax.process_count(),
         seed=c.train.seed, num_epochs=None, num_workers=d.workers, oversize=d.oversize,
-        on_bad_record=d.bad_records, pad_id=cfg.bos_token_id, records=records,
+        on_bad_record=d.bad_records, pad_id=model_cfg.bos_token_id, records=records,
         tokenizer_path=d.tokenizer_dir or None,
     )  # fmt: skip
-    return make_train_iterator(pipe, cfg)
-
-
-def dataclass_from(cls, d):
-    return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+    return make_train_iterator(pipe, model_cfg)
 
 
 def train(c, workdir: str) -> list[float]:
     """Runs the configured training; returns the losses of the steps it ran."""
+    base.check_keys(c)
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    cfg, params = model_and_params(c, mesh)
-    optim = dataclass_from(OptimConfig, c.optim.to_dict())
+    model_cfg, params = model_and_params(c, mesh)
+    optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
     trainer = Trainer(
-        cfg, optim, dataclass_from(StepConfig, c.step.to_dict()), mesh, workdir,
+        model_cfg, optim, from_plain(RunOptions, c.run.to_dict(), where="run"), mesh, workdir,
+        step=from_plain(StepConfig, c.step.to_dict(), where="step"),
         save_every=c.train.save_every, keep=c.train.keep, async_save=c.train.async_save,
     )  # fmt: skip
-    data = make_data(c, cfg)
+    data = make_data(c, model_cfg)
     if trainer.latest_step() is not None:
         state, data_state = trainer.restore()
         if data_state is not None:
             data.set_state(data_state)
         logging.info("resumed from step %d", int(state.step))
     else:
-        state = trainer.init_state(params, seed=c.train.seed)
+        state = trainer.init_state(params, seed=c.train.seed, init_seed=c.model.init_seed)
     del params
     writer = MetricWriter(workdir)
     meter = Throughput(jax.device_count(), peak_flops(jax.devices()[0],
@@ -122,7 +119,7 @@ def train(c, workdir: str) -> list[float]:
     step = int(state.step)
     while step < c.train.steps:
         batch = next(data)
-        f = batch_flops(cfg, batch, optim)["total"] * jax.process_count()
+        f = batch_flops(model_cfg, batch, optim)["total"] * jax.process_count()
         state, metrics = trainer.step(state, batch)
         step += 1
         flops, since = flops + f, since + 1

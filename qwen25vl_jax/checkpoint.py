@@ -91,6 +91,24 @@ def locate_params(path: str | os.PathLike) -> str:
     raise FileNotFoundError(f"{path}: not a checkpoint (no {PARAMS_ITEM}/{METADATA_FILE})")
 
 
+def latest_checkpoint(path: str | os.PathLike) -> str:
+    """A checkpoint directory (holding `params/`, or the params item itself) as is; a trainer
+    workdir (an Orbax `CheckpointManager` root) -> its latest step directory whose `params`
+    item is complete. Orbax names a step directory by the bare step number only once written."""
+    path = os.fspath(path)
+    if any(os.path.exists(os.path.join(path, p)) for p in (PARAMS_ITEM, METADATA_FILE)):
+        return path
+    names = os.listdir(path) if os.path.isdir(path) else []
+    steps = [
+        int(d)
+        for d in names
+        if d.isdigit() and os.path.isfile(os.path.join(path, d, PARAMS_ITEM, METADATA_FILE))
+    ]
+    if not steps:
+        raise FileNotFoundError(f"{path}: neither a checkpoint nor a directory of step checkpoints")
+    return os.path.join(path, str(max(steps)))
+
+
 def read_config(path: str | os.PathLike) -> ModelConfig:
     """The model config of a checkpoint: `config.json`, a JSON item `config/`, or the manager
     root's `config.json` (see the module docstring)."""

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
+
+from qwen25vl_jax.dataclass_dict import replace_from_plain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +188,15 @@ class ModelConfig:
             vision_end_token_id=204, bos_token_id=205, eos_token_id=206,
         )  # fmt: skip
 
+    @classmethod
+    def preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
+        """The preset `name` (one of `PRESETS`) with the fields in `overrides` replaced: a nested
+        dict as a config file's `model.overrides`, e.g. `{"text": {"num_layers": 4},
+        "position_after_video": "max"}`. An unknown preset or key is an error naming it."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+        return replace_from_plain(PRESETS[name](), overrides or {}, where="model.overrides")
+
     # ---- Hugging Face config.json <-> ModelConfig ---------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
         """The released *flat* config.json layout (what the original checkpoints ship)."""
@@ -232,6 +244,15 @@ class ModelConfig:
         if self.position_after_video != "spatial":
             out["position_after_video"] = self.position_after_video
         return out
+
+
+PRESETS = {
+    "tiny": ModelConfig.tiny,
+    "3b": ModelConfig.qwen25vl_3b,
+    "7b": ModelConfig.qwen25vl_7b,
+    "32b": ModelConfig.qwen25vl_32b,
+    "72b": ModelConfig.qwen25vl_72b,
+}
 
 
 def _rope_dict(d: dict[str, Any]) -> dict[str, Any]:

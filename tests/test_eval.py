@@ -186,8 +186,9 @@ def test_evaluate_tiny_random_model_on_synthetic_records(tmp_path):
 
     from experiments import synthetic_tasks
     from experiments.configs import base, demo
+    from qwen25vl_jax.config import ModelConfig
     from qwen25vl_jax.data.records import decode_record, parse_record
-    from qwen25vl_jax.data.small_vocab import build_small_tokenizer, chat_texts, model_token_ids
+    from qwen25vl_jax.data.small_vocab import build_small_tokenizer, chat_texts
     from qwen25vl_jax.model.qwen25vl import Qwen25VL
 
     # 12 held-out records: 7 grounding, 2 counting, 3 timing (synthetic_tasks.MIX)
@@ -197,9 +198,11 @@ def test_evaluate_tiny_random_model_on_synthetic_records(tmp_path):
     tok = build_small_tokenizer(
         chat_texts(parse_record(decode_record(r, "t"), "t").messages for r in raw)
     )
-    cfg = demo.model_config(tok.get_vocab_size(), model_token_ids(tok))
+    c = demo.get_config()
+    c.model.overrides.text.vocab_size = tok.get_vocab_size()
+    cfg = ModelConfig.preset(c.model.preset, c.model.overrides.to_dict())  # as experiments.train
     model = Qwen25VL(cfg, rngs=nnx.Rngs(0))
-    d = demo.get_config().data
+    d = c.data
     d.media_root = paths["media_root"]
     options = base.record_options(d)  # as training decodes the records
     out, png = tmp_path / "report.json", tmp_path / "boxes.png"

@@ -4,11 +4,13 @@ accumulation equals the full batch, and a tiny model overfits a tiny batch."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.packing import Bucket
+from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.sharding import make_mesh
 from qwen25vl_jax.train.optimizer import OptimConfig
 from qwen25vl_jax.train.synthetic import SyntheticBatches
@@ -19,9 +21,8 @@ BUCKET = Bucket(96, 16 * 48)
 
 
 def trainer(optim: OptimConfig, **step) -> Trainer:
-    return Trainer(
-        CFG, optim, StepConfig(dtype="float32", **step), make_mesh(1, 1, 1, jax.devices()[:1])
-    )
+    mesh = make_mesh(1, 1, 1, jax.devices()[:1])
+    return Trainer(CFG, optim, RunOptions(dtype=jnp.float32), mesh, step=StepConfig(**step))
 
 
 def test_sft_freezes_vit_bit_identically():

@@ -10,7 +10,7 @@ from flax import nnx
 from qwen25vl_jax.data.batch import batch_from_hf
 from qwen25vl_jax.hf_weights import expected_names, released_name
 from qwen25vl_jax.model.qwen25vl import RunOptions
-from qwen25vl_jax.train.optimizer import flatten
+from qwen25vl_jax.param_paths import flatten
 from qwen25vl_jax.train.step import loss_sum_and_count
 from tests.cases import make_case
 from tests.hf_reference import hf_inputs_to_torch

@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 COMMON = [
-    "--config=experiments/configs/stage2_full.py:tiny", "--config.step.dtype=float32",
+    "--config=experiments/configs/stage2_full.py:tiny", "--config.run.dtype=float32",
     f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--config.train.batch_size=4",
     "--config.optim.warmup_steps=2",
 ]  # fmt: skip

@@ -1,11 +1,32 @@
 """Base training config. `--config=experiments/configs/<stage>.py:<size>`, size one of
-tiny | 3b | 7b | 32b | 72b; override any field with `--config.<path>=value`."""
+tiny | 3b | 7b | 32b | 72b; override any field with `--config.<path>=value`.
+
+Sections built from the library's dataclasses hold their defaults (`section`), so a default
+lives in one place and `experiments.train` reads each section back strictly (an unknown key is
+an error naming it):
+  model  preset (`ModelConfig.PRESETS`) + overrides (a nested dict of ModelConfig fields, e.g.
+         {"text": {"num_layers": 4}}), or init_checkpoint (Orbax) / init_hf_dir (safetensors),
+         whose config.json gives the architecture; init_seed draws the random weights
+  optim  `OptimConfig`      run   `RunOptions` (compute dtype, attention backend, remat)
+  step   `StepConfig` (gradient accumulation, loss chunk)
+  data   the input pipeline plus `RecordOptions` (pixel budgets, video sampling, grounding)
+  train, mesh   the loop and the device mesh
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+
 import ml_collections
 
-# per-size defaults: (global batch, seq_len, ViT slots per example, mesh fsdp, mesh tensor)
+from qwen25vl_jax.data.records import RecordOptions
+from qwen25vl_jax.dataclass_dict import as_plain, from_plain
+from qwen25vl_jax.model.options import RunOptions
+from qwen25vl_jax.train.optimizer import OptimConfig
+from qwen25vl_jax.train.trainer import StepConfig
+
+# per-size choices: (global batch, seq_len, ViT slots per example, mesh fsdp, mesh tensor)
 SIZES = {
     "tiny": (4, 128, 16 * 48, 1, 1),
     "3b": (256, 8192, 64 * 256, -1, 1),
@@ -15,52 +36,83 @@ SIZES = {
 }
 
 
+def section(obj) -> ml_collections.ConfigDict:
+    """A config section holding the fields of dataclass `obj`. A field whose value is None gets
+    a typed placeholder, so `--config.optim.vit_lr=1e-4` parses as its type."""
+    hints = typing.get_type_hints(type(obj))
+    values = {}
+    for name, value in as_plain(obj).items():
+        if value is None:
+            types = [t for t in typing.get_args(hints[name]) if t is not type(None)]
+            value = ml_collections.FieldReference(None, field_type=types[0])
+        values[name] = value
+    return ml_collections.ConfigDict(values)
+
+
 def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
     batch, seq_len, slots, fsdp, tensor = SIZES[size]
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict({"preset": size, "init_hf_dir": "", "init_checkpoint": ""})
-    c.optim = ml_collections.ConfigDict({
-        "lr": 1e-5, "warmup_steps": 100, "total_steps": 10000, "end_lr_ratio": 0.0, "b1": 0.9,
-        "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0,
-        "vit_lr": ml_collections.FieldReference(None, field_type=float),
-        "merger_lr": ml_collections.FieldReference(None, field_type=float),
-        "llm_lr": ml_collections.FieldReference(None, field_type=float),
-        "train_vit": True, "train_merger": True, "train_llm": True,
-    })  # fmt: skip
-    c.step = ml_collections.ConfigDict({
-        "dtype": "bfloat16", "remat": "none" if size == "tiny" else "full", "backend": "xla",
-        "accum_steps": 1, "loss_chunk": 1024,
-    })  # fmt: skip
-    c.train = ml_collections.ConfigDict({
-        "steps": 10000, "batch_size": batch, "seed": 0, "log_every": 10, "save_every": 500,
-        "keep": 3, "async_save": True,
-    })  # fmt: skip
+    c.train = ml_collections.ConfigDict(
+        {
+            "steps": 10000,
+            "batch_size": batch,
+            "seed": 0,
+            "log_every": 10,
+            "save_every": 500,
+            "keep": 3,
+            "async_save": True,
+        }
+    )
+    c.model = ml_collections.ConfigDict(
+        {
+            "preset": size,
+            "overrides": ml_collections.ConfigDict(),
+            "init_checkpoint": "",
+            "init_hf_dir": "",
+            "init_seed": c.train.get_ref("seed"),  # follows train.seed unless set
+        }
+    )
+    c.optim = section(OptimConfig())
+    c.run = section(RunOptions(dtype="bfloat16", remat="none" if size == "tiny" else "full"))
+    c.step = section(StepConfig())
     # -1: the devices the other axes leave (tiny: all on data; real sizes: all on fsdp)
     c.mesh = ml_collections.ConfigDict(
         {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "tensor": tensor}
     )
-    c.data = ml_collections.ConfigDict({
-        "source": "synthetic",  # synthetic | records (JSONL / ArrayRecord files in `paths`)
-        "paths": "", "media_root": "", "seq_len": seq_len, "num_slots": slots,
-        "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
-        "workers": 0, "min_pixels": 3136, "max_pixels": 12845056, "fps": 2.0,
-        "video_min_pixels": 100352, "video_max_pixels": 602112,
-        "oversize": "truncate", "bad_records": "skip", "tokenizer_dir": "",
-        "ground_coords": "original",
-        "default_system": True,  # the template's "You are a helpful assistant." turn
-    })  # fmt: skip
+    c.data = ml_collections.ConfigDict(
+        {
+            "source": "synthetic",  # synthetic | records (JSONL / ArrayRecord files in `paths`)
+            "paths": "",
+            "seq_len": seq_len,
+            "num_slots": slots,
+            "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
+            "workers": 0,
+            "oversize": "truncate",
+            "bad_records": "skip",
+            "tokenizer_dir": "",
+            **as_plain(RecordOptions()),
+        }
+    )
     return c
 
 
-def record_options(d):
+def check_keys(c: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first section or key of `c` that the base config lacks (a
+    misspelt or stale key a config file added). `model.overrides` is checked against
+    `ModelConfig` when the model is built."""
+    known = get_config()
+    for name in c:
+        if name not in known:
+            raise ValueError(f"unknown config key {name}; sections: {', '.join(known)}")
+        if unknown := sorted(set(c[name]) - set(known[name])):
+            keys = ", ".join(f"{name}.{k}" for k in unknown)
+            raise ValueError(f"unknown config key {keys}; {name} has {', '.join(known[name])}")
+
+
+def record_options(data: ml_collections.ConfigDict) -> RecordOptions:
     """The `RecordOptions` of a config's `data` section (training, evaluation and the demo
     decode records alike)."""
-    from qwen25vl_jax.data.records import RecordOptions
-
-    return RecordOptions(
-        media_root=d.media_root, ground_coords=d.ground_coords, min_pixels=d.min_pixels,
-        max_pixels=d.max_pixels, video_fps=d.fps, video_min_pixels=d.video_min_pixels,
-        video_max_pixels=d.video_max_pixels, default_system=d.default_system,
-    )  # fmt: skip
+    names = {f.name for f in dataclasses.fields(RecordOptions)}
+    return from_plain(RecordOptions, {k: v for k, v in data.items() if k in names}, where="data")

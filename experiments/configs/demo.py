@@ -1,65 +1,74 @@
 """The main job's training config: a tiny Qwen2.5-VL trained from scratch on the synthetic
 grounding / counting / video-timing tasks (`experiments/synthetic_tasks.py`) on a CPU.
 
-`python -m experiments.demo` fills in the data paths, the tokenizer and the randomly initialised
-checkpoint of `model_config` (the trainer reads the model's shape from it); by hand:
+The architecture is given here (`model.overrides` of the tiny preset) and the trainer draws
+its random weights; `python -m experiments.demo` fills in the data paths, the tokenizer and the
+tokenizer's vocabulary size; by hand:
 
   python -m experiments.train --config=experiments/configs/demo.py --workdir=out/demo/train \
       --config.data.paths=out/demo/data/train.jsonl --config.data.media_root=out/demo/data \
-      --config.data.tokenizer_dir=out/demo/tokenizer --config.model.init_checkpoint=out/demo/init
+      --config.data.tokenizer_dir=out/demo/tokenizer --config.model.overrides.text.vocab_size=N
+
+The model: ViT 3 blocks x 64 (window 56 = 2x2 merge units, block 1 full attention), decoder 4
+layers x 128 (4 heads of 32, 2 kv heads). 4 layers rather than 3: +7% per step, and grounding
+learned on more seeds (BUILD_NOTES §6).
+
+rope_theta 10 and mrope_section (4, 6, 6): MRoPE gives time the highest rotary frequencies,
+height the middle and width the lowest. With 16 frequency pairs and the usual theta (1e4 - 1e6)
+the height / width pairs turn by under 0.06 rad per token: a handful of positions look alike and
+the boxes stay at the mean (measured: mean IoU 0.06 at theta 100, 0.35 at theta 10 after the
+same 500 steps). At theta 10 width turns 0.12-0.24 rad per token, time 0.65-1.
+
+tokens_per_second 1 (the release: 2): a video's temporal positions run one per second; the last
+temporal patch of a 16 s video sits at position 14 rather than 28, and time's 4 fast rotary
+pairs wrap around half as often. With 2, seed 2 did not learn the timing question in 900 steps
+(its answers followed the position: "4" for second 2); with 1 it did (BUILD_NOTES §6).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from experiments.configs import base
-from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.data import small_vocab
 
 IMAGE_MAX_PIXELS = 36 * 28 * 28  # at most 36 LLM tokens (6x6 merged) per image
 VIDEO_PIXELS = 56 * 56  # the synthetic videos' frame size: 4 LLM tokens per temporal step
 
 
-def model_config(vocab_size: int, token_ids: dict[str, int], *, num_layers: int = 4) -> ModelConfig:
-    """The tiny model: ViT 3 blocks x 64 (window 56 = 2x2 merge units, block 1 full
-    attention), decoder `num_layers` x 128 (4 heads of 32, 2 kv heads). 4 layers rather than 3:
-    +7% per step, and grounding learned on more seeds (BUILD_NOTES §6).
-
-    rope_theta 10 and mrope_section (4, 6, 6): MRoPE gives time the highest rotary frequencies,
-    height the middle and width the lowest. With 16 frequency pairs and the usual theta (1e4 -
-    1e6) the height / width pairs turn by under 0.06 rad per token: a handful of positions look
-    alike and the boxes stay at the mean (measured: mean IoU 0.06 at theta 100, 0.35 at theta 10
-    after the same 500 steps). At theta 10 width turns 0.12-0.24 rad per token, time 0.65-1.
-
-    tokens_per_second 1 (the release: 2): a video's temporal positions run one per second; the
-    last temporal patch of a 16 s video sits at position 14 rather than 28, and time's 4 fast
-    rotary pairs wrap around half as often. With 2, seed 2 did not learn the timing question in
-    900 steps (its answers followed the position: "4" for second 2); with 1 it did (BUILD_NOTES
-    §6).
-    token_ids: `small_vocab.model_token_ids(tokenizer)`."""
-    cfg = ModelConfig.tiny(
-        vision=dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=4, window_size=56,
-                    fullatt_block_indexes=(1,), tokens_per_second=1),
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_layers=num_layers,
-        num_heads=4, num_kv_heads=2, head_dim=32, mrope_section=(4, 6, 6), rope_theta=10.0,
-    )  # fmt: skip
-    # text after a video resumes after its largest position, as Qwen trained and as KV-cache
-    # decoding assumes (see ModelConfig.position_after_video): the videos here run up to 10
-    # temporal positions on a 2 x 2 grid
-    return dataclasses.replace(cfg, position_after_video="max", **token_ids)
-
-
 def get_config(size: str = "tiny"):
+    del size  # the demo model is its own size
     c = base.get_config("tiny")
+    c.model.overrides = {
+        "vision": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 4,
+            "tokens_per_second": 1,
+            "out_hidden_size": 128,
+        },
+        "text": {
+            "vocab_size": 512,  # the small tokenizer's largest size; the demo sets its own
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_layers": 4,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "head_dim": 32,
+            "mrope_section": (4, 6, 6),
+            "rope_theta": 10.0,
+        },
+        # text after a video resumes after its largest position, as Qwen trained and as
+        # KV-cache decoding assumes (see ModelConfig.position_after_video): the videos here run
+        # up to 10 temporal positions on a 2 x 2 grid
+        "position_after_video": "max",
+        **small_vocab.TOKEN_IDS,
+    }
     c.optim.lr = 2e-3
-    c.optim.vit_lr = None
     c.optim.warmup_steps = 30
     c.optim.total_steps = 900
     c.optim.end_lr_ratio = 0.05
-    c.step.dtype = "float32"  # faster than bfloat16 on CPUs
+    c.run.dtype = "float32"  # faster than bfloat16 on CPUs
     c.train.steps = 900
     c.train.batch_size = 8
-    c.train.log_every = 10
     c.train.save_every = 200
     c.train.keep = 2
     c.data.source = "records"
@@ -72,8 +81,7 @@ def get_config(size: str = "tiny"):
     c.data.max_pixels = IMAGE_MAX_PIXELS
     c.data.video_min_pixels = VIDEO_PIXELS
     c.data.video_max_pixels = VIDEO_PIXELS
-    c.data.fps = 4.0  # records give each video's own fps; this is only the fallback
-    c.data.ground_coords = "original"
+    c.data.video_fps = 4.0  # records give each video's own fps; this is only the fallback
     c.data.bad_records = "raise"  # generated data: a bad record is a bug
     c.data.default_system = False  # no "You are a helpful assistant." turn: 20% fewer tokens
     return c

@@ -6,7 +6,7 @@ from experiments.configs import base
 def get_config(size: str = "tiny"):
     c = base.get_config(size)
     c.optim.lr = 1e-5 if size != "tiny" else 1e-3
-    c.step.remat = "full"
+    c.run.remat = "full"
     if size != "tiny":
         c.data.seq_len = 32768
         c.data.num_slots = 64 * 1024

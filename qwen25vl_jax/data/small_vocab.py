@@ -67,15 +67,23 @@ def build_small_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokeni
     return tok
 
 
+# the ModelConfig token-id fields and the added tokens they name
+MODEL_TOKENS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+    "bos_token_id": "<|endoftext|>",
+    "eos_token_id": "<|im_end|>",
+}
+# their ids in every small vocabulary (the added tokens come first, in their official order)
+TOKEN_IDS = {field: SPECIAL_IDS[content] for field, content in MODEL_TOKENS.items()}
+
+
 def model_token_ids(tok: Tokenizer) -> dict[str, int]:
     """The `ModelConfig` token-id fields for `tok` (to `dataclasses.replace` a config with)."""
-    ids = {
-        "image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-        "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>",
-        "bos_token_id": "<|endoftext|>", "eos_token_id": "<|im_end|>",
-    }  # fmt: skip
     out = {}
-    for field, content in ids.items():
+    for field, content in MODEL_TOKENS.items():
         token_id = tok.token_to_id(content)
         if token_id is None:
             raise ValueError(f"tokenizer has no {content}")

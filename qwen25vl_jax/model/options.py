@@ -19,3 +19,9 @@ class RunOptions:
     backend: Backend | str = Backend.XLA
     remat: str = "none"
     unroll: bool = False
+
+    def __post_init__(self):
+        # one spelling per setting ("bfloat16" and jnp.bfloat16 alike), so equal options hash
+        # alike as a static jit argument and a config file can name them
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "backend", Backend(self.backend))

@@ -12,7 +12,6 @@ import dataclasses
 
 import jax
 import optax
-from flax import traverse_util
 
 GROUPS = ("vit", "merger", "llm")
 
@@ -62,45 +61,43 @@ def decays(path: str) -> bool:
     )
 
 
-def flatten(params: dict) -> dict[str, jax.Array]:
-    return traverse_util.flatten_dict(params, sep="/")
-
-
-def unflatten(flat: dict[str, jax.Array]) -> dict:
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def split_trainable(params: dict, cfg: OptimConfig) -> tuple[dict, dict]:
-    """(trainable, frozen) flat dicts {path: array}."""
-    flat = flatten(params)
-    trainable = {k: v for k, v in flat.items() if cfg.trains(group_of(k))}
+def split_trainable(flat: dict[str, jax.Array], optim: OptimConfig) -> tuple[dict, dict]:
+    """{path: array} -> (trainable, frozen) {path: array} by the module groups `optim` trains."""
+    trainable = {k: v for k, v in flat.items() if optim.trains(group_of(k))}
     frozen = {k: v for k, v in flat.items() if k not in trainable}
     if not trainable:
         raise ValueError("every module is frozen: nothing to train")
     return trainable, frozen
 
 
-def schedule(cfg: OptimConfig, peak: float) -> optax.Schedule:
+def schedule(optim: OptimConfig, peak: float) -> optax.Schedule:
+    """Linear warmup to `peak`, then cosine decay to `peak * end_lr_ratio` at `total_steps`."""
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=max(cfg.warmup_steps, 1),
-        decay_steps=max(cfg.total_steps, cfg.warmup_steps + 1), end_value=peak * cfg.end_lr_ratio,
-    )  # fmt: skip
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=max(optim.warmup_steps, 1),
+        decay_steps=max(optim.total_steps, optim.warmup_steps + 1),
+        end_value=peak * optim.end_lr_ratio,
+    )
 
 
 def make_optimizer(
-    cfg: OptimConfig, trainable: dict[str, jax.Array]
+    optim: OptimConfig, trainable: dict[str, jax.Array]
 ) -> optax.GradientTransformation:
-    """The optimizer over the trainable flat dict: clip by the global norm of all trainable
+    """The optimizer over the trainable {path: array}: clip by the global norm of all trainable
     gradients, then one AdamW per module group (its own schedule and decay mask)."""
     labels = {k: group_of(k) for k in trainable}
     per_group = {
         g: optax.adamw(
-            schedule(cfg, cfg.group_lr(g)), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
+            schedule(optim, optim.group_lr(g)),
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
             mask=lambda tree: {k: decays(k) for k in tree},
         )
         for g in set(labels.values())
-    }  # fmt: skip
+    }
     return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip), optax.multi_transform(per_group, labels)
+        optax.clip_by_global_norm(optim.grad_clip), optax.multi_transform(per_group, labels)
     )

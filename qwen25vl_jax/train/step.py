@@ -18,8 +18,8 @@ from flax import nnx
 
 from qwen25vl_jax.data.batch import Batch
 from qwen25vl_jax.model.qwen25vl import RunOptions
+from qwen25vl_jax.param_paths import unflatten
 from qwen25vl_jax.train.losses import chunked_cross_entropy
-from qwen25vl_jax.train.optimizer import unflatten
 
 
 @jax.tree_util.register_dataclass
@@ -109,6 +109,7 @@ def train_step(
     }
     if lr_fn is not None:
         metrics["lr"] = lr_fn(state.step)
-    new_state = dataclasses.replace(state, step=state.step + 1, trainable=trainable,
-                                    opt_state=opt_state)  # fmt: skip
+    new_state = dataclasses.replace(
+        state, step=state.step + 1, trainable=trainable, opt_state=opt_state
+    )
     return new_state, metrics

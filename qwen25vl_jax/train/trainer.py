@@ -29,16 +29,10 @@ from qwen25vl_jax.checkpoint import param_save_args
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.batch import Batch
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
-from qwen25vl_jax.sharding import logical_to_spec
+from qwen25vl_jax.param_paths import flatten, unflatten
+from qwen25vl_jax.sharding import logical_to_spec, state_shardings
 from qwen25vl_jax.train import step as step_lib
-from qwen25vl_jax.train.optimizer import (
-    OptimConfig,
-    flatten,
-    make_optimizer,
-    schedule,
-    split_trainable,
-    unflatten,
-)
+from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer, schedule, split_trainable
 
 BATCH_NAMES = {  # logical names of each Batch field
     "tokens": ("batch", "length"), "segment_ids": ("batch", "length"),
@@ -51,32 +45,19 @@ BATCH_NAMES = {  # logical names of each Batch field
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """How each step runs."""
+    """How a training step is formed (how the model runs is `RunOptions`).
 
-    dtype: str = "bfloat16"  # compute dtype; master weights stay float32
-    remat: str = "none"
-    backend: str = "xla"
+    accum_steps: micro-batches per optimizer step (the batch's rows split evenly). loss_chunk:
+    positions per chunk of the cross-entropy, so the [chunk, vocab] logits are the largest
+    buffer of the loss."""
+
     accum_steps: int = 1
     loss_chunk: int = 1024
-    unroll: bool = False  # unroll layer scans (exact XLA cost analysis)
-
-    @property
-    def run_options(self) -> RunOptions:
-        return RunOptions(dtype=jnp.dtype(self.dtype), backend=self.backend, remat=self.remat,
-                          unroll=self.unroll)  # fmt: skip
-
-
-def param_names(model_cfg: ModelConfig) -> dict[str, tuple]:
-    """{flat path: logical axis names} of every parameter, from the model's declarations."""
-    abstract = nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0)))
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(abstract)):
-        out["/".join(map(str, path))] = var.get_metadata().get("out_sharding")
-    return out
 
 
 def init_params(model_cfg: ModelConfig, seed: int, shardings: dict) -> dict[str, jax.Array]:
-    """Random float32 parameters created directly in their shards (one jit, no host copy)."""
+    """Random float32 parameters {path: array} created directly in their shards (one jit, no
+    host copy)."""
 
     def make():
         model = Qwen25VL(model_cfg, rngs=nnx.Rngs(seed))
@@ -86,19 +67,32 @@ def init_params(model_cfg: ModelConfig, seed: int, shardings: dict) -> dict[str,
 
 
 class Trainer:
-    """Owns the mesh, the shardings, the compiled step and the checkpoint manager."""
+    """Owns the mesh, the shardings, the compiled step and the checkpoint manager.
 
-    def __init__(self, model_cfg: ModelConfig, optim: OptimConfig, step_cfg: StepConfig,
-                 mesh: jax.sharding.Mesh, workdir: str | None = None, *, save_every: int = 100,
-                 keep: int = 3, async_save: bool = True):  # fmt: skip
-        self.model_cfg, self.optim, self.step_cfg, self.mesh = model_cfg, optim, step_cfg, mesh
+    opts: how the model runs (compute dtype, attention backend, remat); master weights stay
+    float32. step: how a step is formed (`StepConfig`)."""
+
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        optim: OptimConfig,
+        opts: RunOptions,
+        mesh: jax.sharding.Mesh,
+        workdir: str | None = None,
+        *,
+        step: StepConfig = StepConfig(),
+        save_every: int = 100,
+        keep: int = 3,
+        async_save: bool = True,
+    ):
+        self.model_cfg, self.optim, self.opts, self.mesh = model_cfg, optim, opts, mesh
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        names = param_names(model_cfg)
-        shapes = {k: v.shape for k, v in flatten(nnx.to_pure_dict(nnx.state(
-            nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0)))))).items()}  # fmt: skip
-        self.param_shardings = {
-            k: NamedSharding(mesh, logical_to_spec(names[k], shapes[k], mesh)) for k in names
-        }
+        graphdef, abstract_state = nnx.split(
+            nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0)))
+        )
+        self.graphdef = graphdef
+        self.param_shardings = flatten(nnx.to_pure_dict(state_shardings(abstract_state, mesh)))
+        shapes = {k: v.shape for k, v in flatten(nnx.to_pure_dict(abstract_state)).items()}
         abstract = {k: jax.ShapeDtypeStruct(shapes[k], jnp.float32) for k in shapes}
         trainable, frozen = split_trainable(abstract, optim)
         self.optimizer = make_optimizer(optim, trainable)
@@ -114,29 +108,36 @@ class Trainer:
             opt_state=opt_sh,
             rng=self.replicated,
         )
-        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0))))
         lr_group = "llm" if optim.train_llm else ("merger" if optim.train_merger else "vit")
         step_fn = functools.partial(
-            step_lib.train_step, graphdef=self.graphdef, optimizer=self.optimizer,
-            opts=step_cfg.run_options, accum_steps=step_cfg.accum_steps,
-            loss_chunk=step_cfg.loss_chunk, lr_fn=schedule(optim, optim.group_lr(lr_group)),
-        )  # fmt: skip
+            step_lib.train_step,
+            graphdef=graphdef,
+            optimizer=self.optimizer,
+            opts=opts,
+            accum_steps=step.accum_steps,
+            loss_chunk=step.loss_chunk,
+            lr_fn=schedule(optim, optim.group_lr(lr_group)),
+        )
         self._step = jax.jit(
-            step_fn, in_shardings=(self.state_shardings, self.batch_shardings()),
-            out_shardings=(self.state_shardings, self.replicated), donate_argnums=0,
-        )  # fmt: skip
+            step_fn,
+            in_shardings=(self.state_shardings, self.batch_shardings()),
+            out_shardings=(self.state_shardings, self.replicated),
+            donate_argnums=0,
+        )
         self.manager = None
         if workdir is not None:
             options = ocp.CheckpointManagerOptions(
-                save_interval_steps=save_every, max_to_keep=keep,
-                enable_async_checkpointing=async_save, create=True,
-            )  # fmt: skip
+                save_interval_steps=save_every,
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            )
             self.manager = ocp.CheckpointManager(os.path.abspath(workdir), options=options)
 
     def _moment_sharding(self, keypath, leaf, shapes) -> NamedSharding:
         """An optimizer-state leaf stored under a parameter's path (Adam moments) is sharded as
         that parameter; counts and other scalars are replicated."""
-        for k in reversed(keypath):
+        for k in reversed(keypath):  # optax keeps the moments in dicts keyed by the paths
             name = getattr(k, "key", None)
             if isinstance(name, str) and shapes.get(name) == leaf.shape:
                 return self.param_shardings[name]
@@ -147,16 +148,20 @@ class Trainer:
         return Batch(**{k: NamedSharding(self.mesh, logical_to_spec(n, None, self.mesh))
                         for k, n in BATCH_NAMES.items()})  # fmt: skip
 
-    def init_state(self, params: dict | None = None, seed: int = 0) -> step_lib.TrainState:
-        """A fresh state from `params` (flat or nested, any placement) or random weights."""
+    def init_state(
+        self, params: dict | None = None, seed: int = 0, *, init_seed: int | None = None
+    ) -> step_lib.TrainState:
+        """A fresh state (step 0, PRNG key of `seed`) from `params` (the nested parameter dict
+        of `nnx.to_pure_dict`, any placement), else random weights drawn with `init_seed`
+        (default `seed`)."""
         if params is None:
-            flat = init_params(self.model_cfg, seed, self.param_shardings)
+            seed_of_init = seed if init_seed is None else init_seed
+            flat = init_params(self.model_cfg, seed_of_init, self.param_shardings)
         else:
-            flat = (
-                params if all(isinstance(k, str) and "/" in k for k in params) else flatten(params)
-            )
-            flat = {k: jax.device_put(jnp.asarray(v, jnp.float32), self.param_shardings[k])
-                    for k, v in flat.items()}  # fmt: skip
+            flat = {
+                k: jax.device_put(jnp.asarray(v, jnp.float32), self.param_shardings[k])
+                for k, v in flatten(params).items()
+            }
         trainable, frozen = split_trainable(flat, self.optim)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(
             trainable
@@ -202,25 +207,27 @@ class Trainer:
     def restore(self) -> tuple[step_lib.TrainState, dict | None]:
         """The latest complete checkpoint, restored straight into the state's shardings."""
         step = self.manager.latest_step()
-        with_sharding = lambda tree, sh: jax.tree.map(  # noqa: E731
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh
-        )
+
+        def with_sharding(tree, shardings):
+            return jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+            )
+
         params, opt_state = self._abstract
         sh = self.state_shardings
-        restored = self.manager.restore(step, args=ocp.args.Composite(
+        items = ocp.args.Composite(
             params=ocp.args.StandardRestore(
-                unflatten(with_sharding(params, {**sh.trainable, **sh.frozen}))),
+                unflatten(with_sharding(params, {**sh.trainable, **sh.frozen}))
+            ),
             opt_state=ocp.args.StandardRestore(with_sharding(opt_state, sh.opt_state)),
             train=ocp.args.JsonRestore(),
-        ))  # fmt: skip
-        flat = flatten(restored.params)
-        trainable, frozen = split_trainable(flat, self.optim)
+        )
+        restored = self.manager.restore(step, args=items)
+        trainable, frozen = split_trainable(flatten(restored.params), self.optim)
         meta = restored.train
         rng = jax.device_put(np.asarray(meta["rng"], np.uint32), self.replicated)
-        state = step_lib.TrainState(
-            jax.device_put(jnp.asarray(meta["step"], jnp.int32), self.replicated),
-            trainable, frozen, restored.opt_state, rng,
-        )  # fmt: skip
+        step_array = jax.device_put(jnp.asarray(meta["step"], jnp.int32), self.replicated)
+        state = step_lib.TrainState(step_array, trainable, frozen, restored.opt_state, rng)
         return state, meta.get("data")
 
     def latest_step(self) -> int | None:
