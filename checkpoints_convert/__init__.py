@@ -111,18 +111,6 @@ def copy_assets(src_dir: str, dst_dir: str) -> list[str]:
     return copied
 
 
-def transpose2d(x: np.ndarray, block: int = 256) -> np.ndarray:
-    """`x.T` as a new C-contiguous array, copied in cache-sized blocks (~5x numpy's `.T.copy()`
-    on large weights). Works on memory maps without reading them whole."""
-    n, m = x.shape
-    src = x.view(f"u{x.dtype.itemsize}") if x.dtype.kind not in "ub" else x  # plain-int copies
-    out = np.empty((m, n), src.dtype)
-    for i in range(0, n, block):
-        for j in range(0, m, block):
-            out[j : j + block, i : i + block] = src[i : i + block, j : j + block].T
-    return out.view(x.dtype)
-
-
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Equal shapes, dtypes and bits (NaN payloads included), without copying to bytes."""
     if a.shape != b.shape or a.dtype != b.dtype:

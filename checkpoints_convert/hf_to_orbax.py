@@ -34,7 +34,6 @@ from checkpoints_convert import (
     copy_assets,
     out_dtype,
     same_bytes,
-    transpose2d,
 )
 from checkpoints_convert.progress import Progress
 from qwen25vl_jax.checkpoint import (
@@ -45,21 +44,12 @@ from qwen25vl_jax.checkpoint import (
     write_json,
 )
 from qwen25vl_jax.config import ModelConfig, from_hf_config
-from qwen25vl_jax.hf_weights import RULES, Rule, check_names, stacked_shape
+from qwen25vl_jax.hf_weights import RULES, Rule, check_names, stacked_shape, transpose2d
 from qwen25vl_jax.safetensors_io import SafetensorsDir, SafetensorsError
 
 SOURCE_DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
 SLAB_BYTES = 64 << 20  # unstacked tensors larger than this are written in row blocks
 TXN_BYTES = 32 << 20  # writes grouped per commit
-
-
-def to_ours(rule: Rule, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """`rule.to_ours` with a blocked transpose (same result, tested)."""
-    shape = rule.our_shape(cfg)
-    if rule.kind == "copy":
-        return x.reshape(shape)
-    x2 = x if rule.kind == "linear" else x.reshape(x.shape[0], -1)
-    return transpose2d(x2).reshape(shape)
 
 
 @dataclasses.dataclass
@@ -68,9 +58,9 @@ class Plan:
 
     hf_dir: str
     cfg: ModelConfig
-    st: SafetensorsDir
-    names: dict[tuple[str, ...], list[str]]  # our path -> source tensor names (by layer)
-    dtypes: dict[tuple[str, ...], np.dtype]  # our path -> source dtype
+    tensors: SafetensorsDir
+    names: dict[str, list[str]]  # parameter path -> source tensor names (by layer)
+    dtypes: dict[str, np.dtype]  # parameter path -> source dtype
 
 
 def plan(hf_dir: str) -> Plan:
@@ -79,9 +69,9 @@ def plan(hf_dir: str) -> Plan:
     if not os.path.isdir(hf_dir):
         raise ConversionError(f"{hf_dir}: not a directory")
     try:
-        st = SafetensorsDir(hf_dir)  # refuses pickled-only directories first
+        tensors = SafetensorsDir(hf_dir)  # refuses pickled-only directories first
         cfg = from_hf_config(hf_dir)
-        by_released = check_names(cfg, st.keys(), hf_dir)
+        by_released = check_names(cfg, tensors.keys(), hf_dir)
     except (ValueError, FileNotFoundError) as e:
         raise ConversionError(str(e)) from None
     cfg_file = os.path.join(hf_dir, CONFIG_FILE)
@@ -93,7 +83,7 @@ def plan(hf_dir: str) -> Plan:
         released = [rule.hf] if n is None else [rule.hf.format(i=i) for i in range(n)]
         src = [by_released[r] for r in released]
         for name in src:
-            f = st.file(name)
+            f = tensors.file(name)
             where, shape, dtype = f"{f.path}: tensor {name!r}", f.shape(name), f.dtype(name)
             if shape != rule.hf_shape(cfg):
                 raise ConversionError(f"{where}: shape {shape}, but {cfg_file} implies "
@@ -101,11 +91,11 @@ def plan(hf_dir: str) -> Plan:
             if dtype not in SOURCE_DTYPES:
                 raise ConversionError(f"{where}: unsupported dtype {dtype} (expected bfloat16, "
                                       "float16 or float32)")  # fmt: skip
-            if dtype != st.file(src[0]).dtype(src[0]):
+            if dtype != tensors.file(src[0]).dtype(src[0]):
                 raise ConversionError(f"{where}: dtype {dtype} differs from {src[0]!r}; pick "
                                       "one with --dtype")  # fmt: skip
-        names[rule.path], dtypes[rule.path] = src, st.file(src[0]).dtype(src[0])
-    return Plan(hf_dir, cfg, st, names, dtypes)
+        names[rule.path], dtypes[rule.path] = src, tensors.file(src[0]).dtype(src[0])
+    return Plan(hf_dir, cfg, tensors, names, dtypes)
 
 
 def _rule(path) -> Rule:
@@ -121,7 +111,7 @@ def slabs(p: Plan, rule: Rule, dtype, align=None) -> Iterator[tuple[tuple, Calla
     cast = lambda x: x.astype(dtype, copy=False)  # noqa: E731
     if rule.layers(cfg) is not None:
         for i, name in enumerate(names):
-            yield (i,), lambda name=name: cast(to_ours(rule, p.st.read(name), cfg)), 1
+            yield (i,), lambda name=name: cast(rule.to_ours(p.tensors.read(name), cfg)), 1
         return
     name, hf_shape, our_shape = names[0], rule.hf_shape(cfg), rule.our_shape(cfg)
     rows = max(1, SLAB_BYTES // max(1, int(np.prod(hf_shape[1:])) * np.dtype(dtype).itemsize))
@@ -133,11 +123,11 @@ def slabs(p: Plan, rule: Rule, dtype, align=None) -> Iterator[tuple[tuple, Calla
         step = align[0] if rule.kind == "copy" else align[1]
         rows = max(step, rows // step * step)
     if not blockable or rows >= hf_shape[0]:
-        yield (), lambda: cast(to_ours(rule, p.st.read(name), cfg)), 1
+        yield (), lambda: cast(rule.to_ours(p.tensors.read(name), cfg)), 1
         return
     for r0 in range(0, hf_shape[0], rows):  # row blocks of the source are contiguous
         r1 = min(r0 + rows, hf_shape[0])
-        rows_of = lambda r0=r0, r1=r1: p.st.read(name, r0, r1)  # noqa: E731
+        rows_of = lambda r0=r0, r1=r1: p.tensors.read(name, r0, r1)  # noqa: E731
         if rule.kind == "copy":
             yield (slice(r0, r1),), lambda f=rows_of: cast(f()), int(r1 == hf_shape[0])
         else:
@@ -189,7 +179,7 @@ def _write_rule(p: Plan, rule: Rule, writer: ParamsWriter, dtype, batches: _Batc
     chunk = arr.chunk_layout.write_chunk.shape
     for idx, make, done in slabs(p, rule, dtype, align=chunk):
         data = make()
-        batches.write(arr, idx, data, done, f"{'/'.join(rule.path)}{list(idx)}")
+        batches.write(arr, idx, data, done, f"{rule.path}{list(idx)}")
         del data
 
 
@@ -202,11 +192,11 @@ def _verify(p: Plan, params_dir: str, dtypes: dict) -> None:
     for path, dtype in dtypes.items():
         rule, arr = _rule(path), reader.array(path)
         if tuple(arr.shape) != stacked_shape(rule, p.cfg) or reader.dtype(path) != dtype:
-            raise ConversionError(f"{params_dir}: parameter {'/'.join(path)} reads back as "
+            raise ConversionError(f"{params_dir}: parameter {path} reads back as "
                                   f"{tuple(arr.shape)} {reader.dtype(path)}")  # fmt: skip
         idx, make, _ = next(slabs(p, rule, dtype, align=arr.chunk_layout.write_chunk.shape))
         if not same_bytes(make(), arr[idx].read().result()):
-            raise ConversionError(f"{params_dir}: parameter {'/'.join(path)}{list(idx)} reads "
+            raise ConversionError(f"{params_dir}: parameter {path}{list(idx)} reads "
                                   f"back different from {p.names[path][0]!r}")  # fmt: skip
 
 

@@ -29,7 +29,6 @@ from checkpoints_convert import (
     out_dtype,
     parse_size,
     same_bytes,
-    transpose2d,
 )
 from checkpoints_convert.progress import Progress
 from qwen25vl_jax.checkpoint import (
@@ -41,22 +40,12 @@ from qwen25vl_jax.checkpoint import (
     write_json,
 )
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.hf_weights import Rule, check_names, expected_names
+from qwen25vl_jax.hf_weights import Rule, check_names, expected_names, transpose2d
 from qwen25vl_jax.safetensors_io import SafetensorsDir, write_safetensors
 
 INDEX_FILE = "model.safetensors.index.json"
 BLOCK_BYTES = 64 << 20  # large unstacked tensors are read in row blocks of about this size
 VERIFY_BYTES = 256 << 20  # larger unstacked tensors (embeddings) are checked by shape only
-
-
-def to_hf(rule: Rule, y: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """`rule.to_hf` with a blocked transpose (same result, tested)."""
-    shape = rule.hf_shape(cfg)
-    if rule.kind == "copy":
-        return y.reshape(shape)
-    if rule.kind == "linear":
-        return transpose2d(y.reshape(shape[1], shape[0]))
-    return transpose2d(y.reshape(-1, shape[0])).reshape(shape)  # conv
 
 
 class LazyTensor:
@@ -136,13 +125,13 @@ class _Blocks:
 
     def hf(self, rule: Rule, layer: int | None, cfg: ModelConfig, dtype) -> np.ndarray:
         if layer is not None:
-            return to_hf(rule, self.ours(rule, layer), cfg).astype(dtype, copy=False)
+            return rule.to_hf(self.ours(rule, layer), cfg).astype(dtype, copy=False)
         arr = self.reader.array(rule.path)
         hf_shape, our_shape = rule.hf_shape(cfg), rule.our_shape(cfg)
         copy = rule.kind == "copy" and our_shape == hf_shape
         linear = rule.kind == "linear" and our_shape == hf_shape[::-1]
         if len(hf_shape) != 2 or not (copy or linear):
-            return to_hf(rule, arr.read().result(), cfg).astype(dtype, copy=False)
+            return rule.to_hf(arr.read().result(), cfg).astype(dtype, copy=False)
         out = np.empty(hf_shape, dtype)
         step = arr.chunk_layout.read_chunk.shape[0 if copy else 1]
         rows = max(step, BLOCK_BYTES // (hf_shape[1] * out.itemsize) // step * step)
@@ -170,18 +159,18 @@ def _verify(out_dir: str, cfg: ModelConfig, tensors, blocks: _Blocks) -> None:
     tensors, and bytes of the first layer of every weight kind (and of each unstacked tensor
     up to `VERIFY_BYTES`) against the checkpoint."""
     try:
-        st = SafetensorsDir(out_dir)
-        check_names(cfg, st.keys(), out_dir)
+        written = SafetensorsDir(out_dir)
+        check_names(cfg, written.keys(), out_dir)
     except ValueError as e:
         raise ConversionError(f"written files do not read back: {e}") from None
     want = dict(tensors)
     for rule, layer, name in expected_names(cfg):
-        f, w = st.file(name), want[name]
+        f, w = written.file(name), want[name]
         if f.shape(name) != w.shape or f.dtype(name) != w.dtype:
             raise ConversionError(f"{f.path}: tensor {name!r} reads back as {f.shape(name)} "
                                   f"{f.dtype(name)}")  # fmt: skip
         sampled = layer == 0 or (layer is None and w.nbytes <= VERIFY_BYTES)
-        if sampled and not same_bytes(blocks.hf(rule, layer, cfg, w.dtype), st.read(name)):
+        if sampled and not same_bytes(blocks.hf(rule, layer, cfg, w.dtype), written.read(name)):
             raise ConversionError(f"{f.path}: tensor {name!r} differs from the checkpoint")
 
 

@@ -7,8 +7,9 @@ Layout of a checkpoint directory (a converted checkpoint and a trainer step dire
                        checkpoint alone describes the model
       params/          an Orbax PyTree item (OCDBT database through tensorstore, zarr arrays):
         _METADATA        the tree: nested keys of `nnx.to_pure_dict(nnx.state(model))`
-        manifest.ocdbt, d/   arrays named by their joined keys, e.g. "decoder.layers.q_kernel",
-                       stacked [layers, ...] (float32 or bfloat16, as written)
+        manifest.ocdbt, d/   arrays named by their keys joined by "." (Orbax's naming; our
+                       parameter paths join them by "/", `param_paths`), e.g.
+                       "decoder.layers.q_kernel", stacked [layers, ...] (float32 or bfloat16)
       hf_assets/       (converted checkpoints only) tokenizer / processor files of the release,
                        copied back by `orbax_to_hf`
 
@@ -43,6 +44,7 @@ from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig, from_hf_config
 from qwen25vl_jax.hf_weights import RULES, stacked_shape
+from qwen25vl_jax.param_paths import flatten, join, keypath_name, split, unflatten
 
 PARAMS_ITEM = "params"
 CONFIG_FILE = "config.json"
@@ -50,30 +52,29 @@ CONFIG_ITEM = "config"  # an Orbax JSON item holding the same dict (trainer step
 METADATA_FILE = "_METADATA"
 CHUNK_BYTES = 64 << 20  # storage chunk target: restores on a mesh read little beyond their shard
 
-Path = tuple[str, ...]
 
-
-def _stacked_paths() -> set[Path]:
+def _stacked_paths() -> set[str]:
     return {r.path for r in RULES if "{i}" in r.hf}
 
 
-def expected_params(cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
+def expected_params(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter path of the model with its (stacked) shape, from the weight table."""
     return {r.path: stacked_shape(r, cfg) for r in RULES if r.when(cfg)}
 
 
-def check_params(stored: Mapping[Path, tuple[int, ...]], cfg: ModelConfig, source: str) -> None:
+def check_params(stored: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source: str) -> None:
     """Errors naming `source` and the parameter on missing, unexpected or misshapen arrays."""
     want = expected_params(cfg)
-    fmt = lambda ps: ", ".join("/".join(p) for p in sorted(ps))  # noqa: E731
     if missing := want.keys() - stored.keys():
-        raise ValueError(f"{source}: missing parameters: {fmt(missing)}")
+        raise ValueError(f"{source}: missing parameters: {', '.join(sorted(missing))}")
     if unexpected := stored.keys() - want.keys():
-        raise ValueError(f"{source}: unexpected parameters: {fmt(unexpected)}")
+        raise ValueError(f"{source}: unexpected parameters: {', '.join(sorted(unexpected))}")
     for path, shape in want.items():
         if tuple(stored[path]) != shape:
-            raise ValueError(f"{source}: parameter {'/'.join(path)} has shape "
-                             f"{tuple(stored[path])}, the config implies {shape}")  # fmt: skip
+            raise ValueError(
+                f"{source}: parameter {path} has shape {tuple(stored[path])}, the config implies "
+                f"{shape}"
+            )
 
 
 # ---- locating the parts -----------------------------------------------------------------------
@@ -86,8 +87,10 @@ def locate_params(path: str | os.PathLike) -> str:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     if os.path.isdir(os.path.join(path, PARAMS_ITEM)):
-        raise ValueError(f"{path}: incomplete checkpoint ({PARAMS_ITEM}/{METADATA_FILE} missing: "
-                         "an interrupted conversion or save?)")  # fmt: skip
+        raise ValueError(
+            f"{path}: incomplete checkpoint ({PARAMS_ITEM}/{METADATA_FILE} missing: an "
+            "interrupted conversion or save?)"
+        )
     raise FileNotFoundError(f"{path}: not a checkpoint (no {PARAMS_ITEM}/{METADATA_FILE})")
 
 
@@ -114,8 +117,11 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     root's `config.json` (see the module docstring)."""
     params = locate_params(path)
     ckpt = os.path.dirname(params)
-    cands = [os.path.join(ckpt, CONFIG_FILE), os.path.join(ckpt, CONFIG_ITEM, "metadata"),
-             os.path.join(os.path.dirname(ckpt), CONFIG_FILE)]  # fmt: skip
+    cands = [
+        os.path.join(ckpt, CONFIG_FILE),
+        os.path.join(ckpt, CONFIG_ITEM, "metadata"),
+        os.path.join(os.path.dirname(ckpt), CONFIG_FILE),
+    ]
     for f in cands:
         if os.path.isfile(f):
             return from_hf_config(f)
@@ -127,11 +133,14 @@ def _ts_context() -> ts.Context:
     return ocp.type_handlers.get_ts_context(use_ocdbt=True)
 
 
-def _info(params_dir: str, path: Path, ctx: ts.Context, use_zarr3: bool = False):
+def _info(params_dir: str, path: str, ctx: ts.Context, use_zarr3: bool = False):
     return ocp.type_handlers.ParamInfo(
-        name=".".join(path), parent_dir=epath.Path(params_dir), use_zarr3=use_zarr3,
-        use_compression=False, ts_context=ctx,
-    )  # fmt: skip
+        name=".".join(split(path)),  # Orbax names an array by its keys joined with "."
+        parent_dir=epath.Path(params_dir),
+        use_zarr3=use_zarr3,
+        use_compression=False,
+        ts_context=ctx,
+    )
 
 
 class ParamsWriter:
@@ -147,27 +156,37 @@ class ParamsWriter:
         os.makedirs(self.dir, exist_ok=False)
         self.ctx = _ts_context()
         self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-        self.paths: list[Path] = []
+        self.paths: list[str] = []
 
-    def create(self, path: Path, shape: tuple[int, ...], dtype, *, stacked: bool):
+    def create(self, path: str, shape: tuple[int, ...], dtype, *, stacked: bool):
         dtype = np.dtype(dtype)
         write_shape = (1, *shape[1:]) if stacked else tuple(shape)
         spec = ocp.type_handlers.get_json_tspec_write(
-            _info(self.dir, path, self.ctx), use_ocdbt=True, global_shape=tuple(shape),
-            local_shape=write_shape, dtype=dtype,
+            _info(self.dir, path, self.ctx),
+            use_ocdbt=True,
+            global_shape=tuple(shape),
+            local_shape=write_shape,
+            dtype=dtype,
             arg=ocp.type_handlers.SaveArgs(chunk_byte_size=max(self.chunk_bytes, dtype.itemsize)),
-        )  # fmt: skip
+        )
         self.paths.append(path)
         return ts.open(spec, create=True, open=True, context=self.ctx).result()
 
     def finish(self) -> None:
         tree = {
-            str(p): {"key_metadata": [{"key": k, "key_type": 2} for k in p],  # 2: dict key
-                     "value_metadata": {"value_type": "np.ndarray", "skip_deserialize": False}}
+            str(split(p)): {  # Orbax keys an entry by the str() of its key tuple
+                "key_metadata": [{"key": k, "key_type": 2} for k in split(p)],  # 2: dict key
+                "value_metadata": {"value_type": "np.ndarray", "skip_deserialize": False},
+            }
             for p in self.paths
-        }  # fmt: skip
-        meta = {"tree_metadata": tree, "use_ocdbt": True, "use_zarr3": False,
-                "store_array_data_equal_to_fill_value": True, "custom_metadata": None}  # fmt: skip
+        }
+        meta = {
+            "tree_metadata": tree,
+            "use_ocdbt": True,
+            "use_zarr3": False,
+            "store_array_data_equal_to_fill_value": True,
+            "custom_metadata": None,
+        }
         write_json(os.path.join(self.dir, METADATA_FILE), meta)
 
 
@@ -180,19 +199,20 @@ class ParamsReader:
         try:
             with open(meta_file) as f:
                 meta = json.load(f)
-            self._paths = [tuple(k["key"] for k in e["key_metadata"])
-                           for e in meta["tree_metadata"].values()]  # fmt: skip
+            self._paths = [
+                join(k["key"] for k in e["key_metadata"]) for e in meta["tree_metadata"].values()
+            ]
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{meta_file}: unreadable Orbax tree metadata ({e!r})") from None
         self.use_ocdbt = bool(meta.get("use_ocdbt", True))
         self.use_zarr3 = bool(meta.get("use_zarr3", False))
         self.ctx = _ts_context()
-        self._open: dict[Path, ts.TensorStore] = {}
+        self._open: dict[str, ts.TensorStore] = {}
 
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[str]:
         return list(self._paths)
 
-    def array(self, path: Path) -> ts.TensorStore:
+    def array(self, path: str) -> ts.TensorStore:
         """The stored array (read-only handle: `.shape`, `.dtype`, `[i].read()`)."""
         if path not in self._open:
             info = _info(self.dir, path, self.ctx, self.use_zarr3)
@@ -200,13 +220,13 @@ class ParamsReader:
             try:
                 self._open[path] = ts.open(spec, open=True, read=True, context=self.ctx).result()
             except Exception as e:  # tensorstore raises ValueError/RuntimeError variants
-                raise ValueError(f"{self.dir}: parameter {'/'.join(path)}: {e}") from None
+                raise ValueError(f"{self.dir}: parameter {path}: {e}") from None
         return self._open[path]
 
-    def shapes(self) -> dict[Path, tuple[int, ...]]:
+    def shapes(self) -> dict[str, tuple[int, ...]]:
         return {p: tuple(self.array(p).shape) for p in self._paths}
 
-    def dtype(self, path: Path) -> np.dtype:
+    def dtype(self, path: str) -> np.dtype:
         return np.dtype(self.array(path).dtype.numpy_dtype)
 
 
@@ -223,8 +243,7 @@ def param_save_args(params: Mapping, *, chunk_bytes: int = CHUNK_BYTES):
     stacked = _stacked_paths()
 
     def one(keypath, _):
-        path = tuple(str(getattr(k, "key", k)) for k in keypath)
-        axes = (0,) if path in stacked else ()
+        axes = (0,) if keypath_name(keypath) in stacked else ()
         return ocp.SaveArgs(chunk_byte_size=chunk_bytes, shard_axes=axes)
 
     return jax.tree_util.tree_map_with_path(one, params)
@@ -238,16 +257,6 @@ def _pure(model_or_state) -> dict:
     return dict(model_or_state)
 
 
-def _flat(tree: Mapping, prefix: Path = ()) -> dict[Path, object]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, (*prefix, str(k))))
-        else:
-            out[(*prefix, str(k))] = v
-    return out
-
-
 def save_params(path: str | os.PathLike, model_or_state, cfg: ModelConfig, *, overwrite=False):
     """Saves parameters (a `Qwen25VL`, its `nnx.State`, or the pure dict) and `config.json` as
     a checkpoint directory; written beside `path` and renamed into place at the end.
@@ -259,7 +268,7 @@ def save_params(path: str | os.PathLike, model_or_state, cfg: ModelConfig, *, ov
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     params = _pure(model_or_state)
-    check_params({p: tuple(np.shape(v)) for p, v in _flat(params).items()}, cfg, path)
+    check_params({p: tuple(np.shape(v)) for p, v in flatten(params).items()}, cfg, path)
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
         with ocp.StandardCheckpointer() as ck:
@@ -299,15 +308,15 @@ def load_checkpoint(path: str | os.PathLike, *, param_dtype=None, mesh=None):
     else:
         one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: one, nnx.to_pure_dict(state))
-    flat_sh = _flat(shardings)
-    target: dict = {}
-    for p, sh in flat_sh.items():
-        dtype = reader.dtype(p) if param_dtype is None else build_dtype
-        node = target
-        for k in p[:-1]:
-            node = node.setdefault(k, {})
-        node[p[-1]] = jax.ShapeDtypeStruct(tuple(reader.array(p).shape), dtype, sharding=sh)
+    target = {
+        p: jax.ShapeDtypeStruct(
+            tuple(reader.array(p).shape),
+            reader.dtype(p) if param_dtype is None else build_dtype,
+            sharding=sh,
+        )
+        for p, sh in flatten(shardings).items()
+    }
     with ocp.StandardCheckpointer() as ck:
-        restored = ck.restore(params_dir, target)
+        restored = ck.restore(params_dir, unflatten(target))
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state), cfg

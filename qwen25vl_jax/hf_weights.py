@@ -1,12 +1,13 @@
 """The one declarative table between Hugging Face parameter names and our parameter tree.
 
-Each `Rule` maps a released-layout name pattern (`{i}` = layer index) to a path in our tree and
-a transform kind, with both shapes derived from the config:
+Each `Rule` maps a released-layout name pattern (`{i}` = layer index) to a parameter path
+(`param_paths`) and a transform kind, with both shapes derived from the config:
 - "copy":   ours = hf.reshape(our_shape)                   (norms, biases, embeddings)
 - "linear": ours = hf.T.reshape(our_shape)                 (torch Linear [out, in] -> [in, ...])
 - "conv":   ours = hf.reshape(out, -1).T                   (Conv3d patch embedding -> one matmul)
 Layered rules stack layer i at index i of a leading axis. The inverse of each kind gives the
-export direction. Used by `load_hf` here and by `checkpoints_convert`.
+export direction. `Rule.to_ours` / `Rule.to_hf` are the one implementation of the transforms
+(blocked transposes, `transpose2d`), used by `load_hf` here and by `checkpoints_convert`.
 
 transformers 5 saves the nested layout (`model.visual.`, `model.language_model.`); both
 layouts are read, the released one is written.
@@ -25,7 +26,20 @@ import numpy as np
 from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig, from_hf_config
+from qwen25vl_jax.param_paths import flatten, join
 from qwen25vl_jax.safetensors_io import SafetensorsDir
+
+
+def transpose2d(x: np.ndarray, block: int = 256) -> np.ndarray:
+    """`x.T` as a new C-contiguous array, copied in cache-sized blocks (~5x numpy's `.T.copy()`
+    on large weights). Works on memory maps without reading them whole."""
+    n, m = x.shape
+    src = x.view(f"u{x.dtype.itemsize}") if x.dtype.kind not in "ub" else x  # plain-int copies
+    out = np.empty((m, n), src.dtype)
+    for i in range(0, n, block):
+        for j in range(0, m, block):
+            out[j : j + block, i : i + block] = src[i : i + block, j : j + block].T
+    return out.view(x.dtype)
 
 
 def _dims(c: ModelConfig) -> dict[str, int]:
@@ -41,8 +55,10 @@ def _dims(c: ModelConfig) -> dict[str, int]:
 
 def _shape(spec: str, dims: dict[str, int]) -> tuple[int, ...]:
     """'3*vd vd' -> (3 * vd, vd)."""
-    return tuple(int(np.prod([int(f) if f.isdigit() else dims[f] for f in tok.split("*")]))
-                 for tok in spec.split())  # fmt: skip
+    return tuple(
+        int(np.prod([int(f) if f.isdigit() else dims[f] for f in tok.split("*")]))
+        for tok in spec.split()
+    )
 
 
 # released name ({i} = layer), our path, kind, HF shape, our shape (per layer).
@@ -90,7 +106,7 @@ class Rule:
     """One row of `TABLE`; kinds: copy (reshape), linear (transpose), conv (flatten + T)."""
 
     hf: str
-    path: tuple[str, ...]
+    path: str
     kind: str
     hf_spec: str
     our_spec: str
@@ -111,27 +127,30 @@ class Rule:
         return self.hf != "lm_head.weight" or not cfg.text.tie_word_embeddings
 
     def to_ours(self, x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+        """One layer's released tensor (HF shape) -> ours (our shape)."""
         shape = self.our_shape(cfg)
         if self.kind == "copy":
             return x.reshape(shape)
-        if self.kind == "linear":
-            return x.T.reshape(shape)
-        return x.reshape(x.shape[0], -1).T.reshape(shape)  # conv
+        x2 = x if self.kind == "linear" else x.reshape(x.shape[0], -1)  # conv: [out, C*T*P*P]
+        return transpose2d(x2).reshape(shape)
 
     def to_hf(self, y: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+        """One layer of ours (our shape) -> the released tensor (HF shape)."""
         shape = self.hf_shape(cfg)
         if self.kind == "copy":
             return y.reshape(shape)
         if self.kind == "linear":
-            return np.ascontiguousarray(y.reshape(shape[::-1]).T)
-        return np.ascontiguousarray(y.reshape(-1, shape[0]).T.reshape(shape))  # conv
+            return transpose2d(y.reshape(shape[1], shape[0]))
+        return transpose2d(y.reshape(-1, shape[0])).reshape(shape)  # conv
 
 
-RULES: list[Rule] = [Rule(h, tuple(p.split("/")), k, a, b) for h, p, k, a, b in TABLE]
+RULES: list[Rule] = [Rule(*row) for row in TABLE]
 
 # transformers-5 nested names -> released names (read side only).
-_NESTED = [(re.compile(r"^model\.visual\."), "visual."),
-           (re.compile(r"^model\.language_model\."), "model.")]  # fmt: skip
+_NESTED = [
+    (re.compile(r"^model\.visual\."), "visual."),
+    (re.compile(r"^model\.language_model\."), "model."),
+]
 
 
 def released_name(name: str) -> str:
@@ -167,8 +186,9 @@ def read_rule(rule: Rule, cfg: ModelConfig, get: Callable[[str], np.ndarray], dt
     for i, name in enumerate(names):
         x = get(name)
         if tuple(x.shape) != rule.hf_shape(cfg):
-            raise ValueError(f"tensor {name!r}: shape {tuple(x.shape)}, config.json implies "
-                             f"{rule.hf_shape(cfg)}")  # fmt: skip
+            raise ValueError(
+                f"tensor {name!r}: shape {tuple(x.shape)}, config.json implies {rule.hf_shape(cfg)}"
+            )
         y = rule.to_ours(np.asarray(x), cfg).astype(dtype)
         if n is None:
             out[...] = y
@@ -183,14 +203,14 @@ def check_names(cfg: ModelConfig, names: list[str], source: str) -> dict[str, st
     want = {name for _, _, name in expected_names(cfg)}
     if cfg.text.tie_word_embeddings:
         by_released.pop("lm_head.weight", None)  # tied copies are dropped, as transformers does
-    missing = sorted(want - by_released.keys())
-    unexpected = sorted(by_released.keys() - want)
-    if missing:
-        raise ValueError(f"{source}: missing tensors: {', '.join(missing[:8])}"
-                         + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))  # fmt: skip
-    if unexpected:
-        raise ValueError(f"{source}: unexpected tensors: {', '.join(unexpected[:8])}"
-                         + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))  # fmt: skip
+    for what, found in (
+        ("missing", want - by_released.keys()),
+        ("unexpected", by_released.keys() - want),
+    ):
+        if found:
+            found = sorted(found)
+            more = f" (+{len(found) - 8} more)" if len(found) > 8 else ""
+            raise ValueError(f"{source}: {what} tensors: {', '.join(found[:8])}{more}")
     return by_released
 
 
@@ -203,30 +223,31 @@ def load_hf(path: str | os.PathLike, *, param_dtype=jnp.float32):
 
     path = os.fspath(path)
     cfg = from_hf_config(path)
-    st = SafetensorsDir(path)
-    by_released = check_names(cfg, st.keys(), path)
+    tensors = SafetensorsDir(path)
+    by_released = check_names(cfg, tensors.keys(), path)
     abstract = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype))
     graphdef, state = nnx.split(abstract)
     values = {}
+
+    def get(name: str) -> np.ndarray:
+        return tensors.get(by_released[name])
+
     for rule in RULES:
         if rule.when(cfg):
-            arr = read_rule(rule, cfg, lambda n: st.get(by_released[n]), np.dtype(param_dtype))
-            values[rule.path] = jnp.asarray(arr)
+            values[rule.path] = jnp.asarray(read_rule(rule, cfg, get, np.dtype(param_dtype)))
     flat = nnx.to_flat_state(state)
-    for key, var in flat:
-        if key not in values:
-            raise ValueError(f"{path}: no rule fills parameter {'/'.join(key)}")
-        var.set_value(values[key])
+    for keys, var in flat:
+        if join(keys) not in values:
+            raise ValueError(f"{path}: no rule fills parameter {join(keys)}")
+        var.set_value(values[join(keys)])
     return nnx.merge(graphdef, nnx.from_flat_state(flat)), cfg
 
 
 def to_hf_tensors(model, cfg: ModelConfig, dtype=None) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (released name, array) for every tensor of `model`, one layer at a time."""
-    pure = nnx.to_pure_dict(nnx.state(model))
+    params = flatten(nnx.to_pure_dict(nnx.state(model)))
     for rule, layer, name in expected_names(cfg):
-        node = pure
-        for k in rule.path:
-            node = node[k]
+        node = params[rule.path]
         arr = np.asarray(jax.device_get(node if layer is None else node[layer]))
         out = rule.to_hf(arr, cfg)
         yield name, out if dtype is None else out.astype(dtype)

@@ -53,7 +53,7 @@ def test_save_and_load_round_trip(tiny, tmp_path):
         assert v.dtype == jnp.bfloat16
         np.testing.assert_array_equal(v, want[k].astype(jnp.bfloat16), err_msg=str(k))
     reader = ParamsReader(locate_params(path))  # stacked arrays stored one layer per chunk row
-    chunk = reader.array(("decoder", "layers", "gate_kernel")).chunk_layout.read_chunk.shape
+    chunk = reader.array("decoder/layers/gate_kernel").chunk_layout.read_chunk.shape
     assert chunk[0] == 1
     with pytest.raises(FileExistsError, match="already exists"):
         save_params(path, tiny.jax, tiny.cfg)
@@ -147,7 +147,7 @@ def test_refused_checkpoints(tmp_path):
     (ck / "params").rmdir()
     w = ParamsWriter(str(ck / "params"))
     for rule in RULES:
-        if rule.when(TINY) and rule.path != ("decoder", "lm_head"):
+        if rule.when(TINY) and rule.path != "decoder/lm_head":
             shape = stacked_shape(rule, TINY)
             w.create(rule.path, shape, np.float32, stacked=rule.layers(TINY) is not None)
     w.finish()

@@ -175,8 +175,10 @@ class Trainer:
         vocab = self.model_cfg.text.vocab_size
         if np.max(local.tokens, initial=0) >= vocab or np.max(local.targets, initial=0) >= vocab:
             # an embedding gather would silently clamp: a tokenizer / config mismatch
-            raise ValueError(f"batch holds token ids >= the model's vocab_size {vocab}: does the "
-                             "tokenizer match the model config?")  # fmt: skip
+            raise ValueError(
+                f"batch holds token ids >= the model's vocab_size {vocab}: does the tokenizer "
+                "match the model config?"
+            )
         sh = self.batch_shardings()
         return Batch(**{
             f.name: jax.make_array_from_process_local_data(getattr(sh, f.name),
