@@ -157,8 +157,9 @@ def main(argv):
     if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
         raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
     dtype = jnp.dtype(FLAGS.dtype)
-    model, cfg = load_model(checkpoint=FLAGS.checkpoint or None, hf_dir=FLAGS.hf_dir or None,
-                            dtype=dtype)  # fmt: skip
+    model, cfg = load_model(
+        checkpoint=FLAGS.checkpoint or None, hf_dir=FLAGS.hf_dir or None, dtype=dtype
+    )
     gen = Generator(model, opts=RunOptions(dtype=dtype), cache_dtype=FLAGS.cache_dtype)
     gen_kw = dict(
         max_new_tokens=FLAGS.max_new_tokens, key=jax.random.key(FLAGS.seed),

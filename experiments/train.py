@@ -54,8 +54,10 @@ def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
     init = m.init_checkpoint or m.init_hf_dir
     overrides = m.overrides.to_dict()
     if init and overrides:
-        raise ValueError(f"config model.overrides {sorted(overrides)} apply to a preset, but "
-                         f"the architecture of {init} is its config.json")  # fmt: skip
+        raise ValueError(
+            f"config model.overrides {sorted(overrides)} apply to a preset, but the architecture "
+            f"of {init} is its config.json"
+        )
     if not init:
         return ModelConfig.preset(m.preset, overrides), None
     from flax import nnx
@@ -63,9 +65,11 @@ def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
     from qwen25vl_jax.loading import load_model
 
     model, model_cfg = load_model(
-        checkpoint=m.init_checkpoint or None, hf_dir=m.init_hf_dir or None,
-        dtype="float32", mesh=mesh,
-    )  # fmt: skip
+        checkpoint=m.init_checkpoint or None,
+        hf_dir=m.init_hf_dir or None,
+        dtype="float32",
+        mesh=mesh,
+    )
     return model_cfg, nnx.to_pure_dict(nnx.state(model))
 
 
@@ -99,10 +103,16 @@ def train(c, workdir: str) -> list[float]:
     model_cfg, params = model_and_params(c, mesh)
     optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
     trainer = Trainer(
-        model_cfg, optim, from_plain(RunOptions, c.run.to_dict(), where="run"), mesh, workdir,
+        model_cfg,
+        optim,
+        from_plain(RunOptions, c.run.to_dict(), where="run"),
+        mesh,
+        workdir,
         step=from_plain(StepConfig, c.step.to_dict(), where="step"),
-        save_every=c.train.save_every, keep=c.train.keep, async_save=c.train.async_save,
-    )  # fmt: skip
+        save_every=c.train.save_every,
+        keep=c.train.keep,
+        async_save=c.train.async_save,
+    )
     data = make_data(c, model_cfg)
     if trainer.latest_step() is not None:
         state, data_state = trainer.restore()

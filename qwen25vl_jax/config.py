@@ -131,10 +131,15 @@ class ModelConfig:
         return cls(
             vision=VisionConfig(intermediate_size=3420, out_hidden_size=2048),
             text=TextConfig(
-                vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_layers=36,
-                num_heads=16, num_kv_heads=2, tie_word_embeddings=True,
+                vocab_size=151936,
+                hidden_size=2048,
+                intermediate_size=11008,
+                num_layers=36,
+                num_heads=16,
+                num_kv_heads=2,
+                tie_word_embeddings=True,
             ),
-        )  # fmt: skip
+        )
 
     @classmethod
     def qwen25vl_7b(cls) -> ModelConfig:
@@ -147,20 +152,26 @@ class ModelConfig:
         return cls(
             vision=VisionConfig(intermediate_size=3456, out_hidden_size=5120),
             text=TextConfig(
-                hidden_size=5120, intermediate_size=27648, num_layers=64, num_heads=40,
+                hidden_size=5120,
+                intermediate_size=27648,
+                num_layers=64,
+                num_heads=40,
                 num_kv_heads=8,
             ),
-        )  # fmt: skip
+        )
 
     @classmethod
     def qwen25vl_72b(cls) -> ModelConfig:
         return cls(
             vision=VisionConfig(intermediate_size=3456, out_hidden_size=8192),
             text=TextConfig(
-                hidden_size=8192, intermediate_size=29568, num_layers=80, num_heads=64,
+                hidden_size=8192,
+                intermediate_size=29568,
+                num_layers=80,
+                num_heads=64,
                 num_kv_heads=8,
             ),
-        )  # fmt: skip
+        )
 
     @classmethod
     def tiny(cls, vision: dict[str, Any] | None = None, **text_overrides: Any) -> ModelConfig:
@@ -172,21 +183,37 @@ class ModelConfig:
         replace fields of the vision and text configs.
         """
         text = dict(
-            vocab_size=211, hidden_size=48, intermediate_size=70, num_layers=2, num_heads=6,
-            num_kv_heads=2, head_dim=8, mrope_section=(1, 1, 2), max_position_embeddings=4096,
-        )  # fmt: skip
+            vocab_size=211,
+            hidden_size=48,
+            intermediate_size=70,
+            num_layers=2,
+            num_heads=6,
+            num_kv_heads=2,
+            head_dim=8,
+            mrope_section=(1, 1, 2),
+            max_position_embeddings=4096,
+        )
         text.update(text_overrides)
         vis = dict(
-            depth=3, hidden_size=36, intermediate_size=52, num_heads=3, window_size=56,
-            fullatt_block_indexes=(1,), out_hidden_size=text["hidden_size"],
-        )  # fmt: skip
+            depth=3,
+            hidden_size=36,
+            intermediate_size=52,
+            num_heads=3,
+            window_size=56,
+            fullatt_block_indexes=(1,),
+            out_hidden_size=text["hidden_size"],
+        )
         vis.update(vision or {})
         return cls(
             vision=VisionConfig(**vis),
             text=TextConfig(**text),
-            image_token_id=201, video_token_id=202, vision_start_token_id=203,
-            vision_end_token_id=204, bos_token_id=205, eos_token_id=206,
-        )  # fmt: skip
+            image_token_id=201,
+            video_token_id=202,
+            vision_start_token_id=203,
+            vision_end_token_id=204,
+            bos_token_id=205,
+            eos_token_id=206,
+        )
 
     @classmethod
     def preset(cls, name: str, overrides: Mapping[str, Any] | None = None) -> ModelConfig:
@@ -314,14 +341,19 @@ def config_from_hf_dict(d: dict[str, Any], *, source: str = "config.json") -> Mo
         ids = {
             k: int(text[k])
             for k in (
-                "image_token_id", "video_token_id", "vision_start_token_id",
-                "vision_end_token_id", "bos_token_id", "eos_token_id",
+                "image_token_id",
+                "video_token_id",
+                "vision_start_token_id",
+                "vision_end_token_id",
+                "bos_token_id",
+                "eos_token_id",
             )
             if isinstance(text.get(k), int)
-        }  # fmt: skip
+        }
         after_video = str(d.get("position_after_video", "spatial"))
-        return ModelConfig(vision=vision_cfg, text=text_cfg, position_after_video=after_video,
-                           **ids)  # fmt: skip
+        return ModelConfig(
+            vision=vision_cfg, text=text_cfg, position_after_video=after_video, **ids
+        )
     except KeyError as e:
         raise ValueError(f"{source}: missing field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:

@@ -43,8 +43,10 @@ def _value(current: Any, value: Any, where: str) -> Any:
     by field, lists become tuples where the field holds a tuple."""
     if dataclasses.is_dataclass(current) and not isinstance(current, type):
         if not isinstance(value, Mapping):
-            raise ValueError(f"config key {where}: expected a mapping of "
-                             f"{type(current).__name__} fields, got {value!r}")  # fmt: skip
+            raise ValueError(
+                f"config key {where}: expected a mapping of "
+                f"{type(current).__name__} fields, got {value!r}"
+            )
         return replace_from_plain(current, value, where=where)
     if isinstance(current, tuple) and isinstance(value, list | tuple):
         return tuple(value)

@@ -61,8 +61,9 @@ def read_processor_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: unknown arrays {unknown}; expected some of {PROCESSOR_ARRAYS}")
     for name, a in arrays.items():
         if a.ndim != _RANKS[name]:
-            raise ValueError(f"{path}: array {name!r} has shape {a.shape}, expected rank "
-                             f"{_RANKS[name]}")  # fmt: skip
+            raise ValueError(
+                f"{path}: array {name!r} has shape {a.shape}, expected rank {_RANKS[name]}"
+            )
         integer = np.issubdtype(a.dtype, np.integer) or (
             name == "attention_mask" and a.dtype == np.bool_
         )
@@ -72,6 +73,8 @@ def read_processor_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: array {name!r} has shape {a.shape}, expected [n, 3]")
     mask = arrays.get("attention_mask")
     if mask is not None and mask.shape != arrays["input_ids"].shape:
-        raise ValueError(f"{path}: attention_mask shape {mask.shape} differs from input_ids "
-                         f"{arrays['input_ids'].shape}")  # fmt: skip
+        raise ValueError(
+            f"{path}: attention_mask shape {mask.shape} differs from input_ids "
+            f"{arrays['input_ids'].shape}"
+        )
     return arrays

@@ -56,9 +56,12 @@ def test_unknown_keys_are_errors_naming_them():
 def test_preset_with_overrides():
     cfg = ModelConfig.preset(
         "tiny",
-        {"text": {"num_layers": 3, "mrope_section": [1, 1, 2]}, "vision": {"depth": 4},
-         "position_after_video": "max"},
-    )  # fmt: skip
+        {
+            "text": {"num_layers": 3, "mrope_section": [1, 1, 2]},
+            "vision": {"depth": 4},
+            "position_after_video": "max",
+        },
+    )
     tiny = ModelConfig.tiny()
     assert cfg.text.num_layers == 3 and cfg.vision.depth == 4
     assert cfg.position_after_video == "max" and cfg.text.mrope_section == (1, 1, 2)
@@ -84,8 +87,7 @@ def test_trainer_builds_random_weights_of_the_configured_architecture():
     assert flat["visual/blocks/qkv_kernel"].shape[0] == 2
     # init_seed draws the weights, as Qwen25VL(cfg, rngs=nnx.Rngs(init_seed)) does
     eager = flatten(nnx.to_pure_dict(nnx.state(eager_model(model_cfg, 5))))
-    np.testing.assert_allclose(np.asarray(flat["decoder/embed"]), eager["decoder/embed"],
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(flat["decoder/embed"]), eager["decoder/embed"], rtol=1e-6)
     c.model.init_checkpoint = "somewhere"
     with pytest.raises(ValueError, match=r"model\.overrides .* apply to a preset"):
         model_and_params(c, mesh)
@@ -99,9 +101,13 @@ def eager_model(model_cfg, seed):
 
 # ---- loaders -----------------------------------------------------------------------------
 def test_read_processor_arrays_validates_each_array(tmp_path):
-    ok = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), bool),
-          "image_grid_thw": np.asarray([[1, 2, 2]]), "pixel_values": np.zeros((4, 6), np.float32),
-          "second_per_grid_ts": np.zeros(0, np.float32)}  # fmt: skip
+    ok = {
+        "input_ids": np.ones((2, 5), np.int64),
+        "attention_mask": np.ones((2, 5), bool),
+        "image_grid_thw": np.asarray([[1, 2, 2]]),
+        "pixel_values": np.zeros((4, 6), np.float32),
+        "second_per_grid_ts": np.zeros(0, np.float32),
+    }
     np.savez(tmp_path / "ok.npz", **ok)
     got = read_processor_arrays(tmp_path / "ok.npz")
     assert sorted(got) == sorted(ok) and all(np.array_equal(got[k], ok[k]) for k in ok)
@@ -117,8 +123,11 @@ def test_read_processor_arrays_validates_each_array(tmp_path):
     fails(r"unknown arrays \['pixels'\]", input_ids=ids, pixels=np.zeros(3))
     fails(r"'input_ids' has shape \(5,\), expected rank 2", input_ids=ids[0])
     fails(r"'input_ids' has dtype float32", input_ids=ids.astype(np.float32))
-    fails(r"'image_grid_thw' has shape \(1, 2\), expected \[n, 3\]", input_ids=ids,
-          image_grid_thw=np.ones((1, 2), np.int64))  # fmt: skip
+    fails(
+        r"'image_grid_thw' has shape \(1, 2\), expected \[n, 3\]",
+        input_ids=ids,
+        image_grid_thw=np.ones((1, 2), np.int64),
+    )
     fails(r"attention_mask shape \(2, 4\) differs", input_ids=ids, attention_mask=ids[:, :4])
     fails(r"not a readable \.npz", input_ids=np.asarray([{"a": 1}], dtype=object))  # a pickle
     with pytest.raises(FileNotFoundError, match="none.npz: no such inputs file"):

@@ -126,13 +126,13 @@ class Trainer:
         )
         self.manager = None
         if workdir is not None:
-            options = ocp.CheckpointManagerOptions(
+            manager_options = ocp.CheckpointManagerOptions(
                 save_interval_steps=save_every,
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
                 create=True,
             )
-            self.manager = ocp.CheckpointManager(os.path.abspath(workdir), options=options)
+            self.manager = ocp.CheckpointManager(os.path.abspath(workdir), options=manager_options)
 
     def _moment_sharding(self, keypath, leaf, shapes) -> NamedSharding:
         """An optimizer-state leaf stored under a parameter's path (Adam moments) is sharded as
