@@ -73,7 +73,7 @@ def test_gradient_accumulation_equals_full_batch():
         capture = capture_gradients()
         step = jax.jit(functools.partial(
             step_lib.train_step, graphdef=t.graphdef, optimizer=capture,
-            opts=t.step_cfg.run_options, accum_steps=accum,
+            opts=t.opts, accum_steps=accum,
         ))  # fmt: skip
         state = t.init_state(seed=2)
         state = dataclasses.replace(state, opt_state=capture.init(state.trainable))
