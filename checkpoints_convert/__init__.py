@@ -19,6 +19,8 @@ import uuid
 import ml_dtypes
 import numpy as np
 
+from qwen25vl_jax.cli_errors import InputError
+
 DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
 # Non-weight files of a release that vLLM / SGLang / transformers need beside the weights.
 ASSET_PATTERNS = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json",
@@ -29,7 +31,7 @@ ASSETS_DIR = "hf_assets"
 _MAX_ASSET_BYTES = 256 << 20
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A conversion refused or failed; the message names the file and the tensor."""
 
 
@@ -57,13 +59,38 @@ def _contains(outer: str, inner: str) -> bool:
     return inner == outer or inner.startswith(outer + os.sep)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(output_dir: str) -> list[str]:
+    """Removes the hidden temporary directories (``.NAME.tmp-PID-*``) that killed conversions
+    to ``output_dir`` left behind, when process PID is gone (same host); returns them."""
+    parent, name = os.path.split(os.path.abspath(output_dir))
+    pattern = re.compile(rf"\.{re.escape(name)}\.tmp-(\d+)-[0-9a-f]+")
+    removed = []
+    for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+        m = pattern.fullmatch(entry)
+        if m and not _alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output_dir(output_dir: str, *, overwrite: bool, source: str):
     """Yields a fresh temporary directory beside `output_dir`, renamed onto it on success.
 
     An existing `output_dir` is refused unless `overwrite`; then it is replaced only after
     the new one is complete. On any error the temporary directory is removed; a killed run
-    leaves only a hidden `.NAME.tmp-*` directory without the files that mark a checkpoint.
+    leaves only a hidden `.NAME.tmp-PID-*` directory without the files that mark a checkpoint,
+    removed by the next conversion to the same `output_dir`.
     """
     out = os.path.abspath(output_dir)
     if _contains(out, source):  # replacing it would delete the source
@@ -72,7 +99,10 @@ def atomic_output_dir(output_dir: str, *, overwrite: bool, source: str):
         raise ConversionError(f"{out}: already exists; pass --overwrite to replace it")
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_temporaries(out)
+    tmp = os.path.join(
+        parent, f".{os.path.basename(out)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    )
     os.mkdir(tmp)  # not mkdtemp: the finished directory keeps the usual umask permissions
     try:
         yield tmp

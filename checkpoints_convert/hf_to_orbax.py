@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator
 
 import ml_dtypes
@@ -43,6 +42,7 @@ from qwen25vl_jax.checkpoint import (
     ParamsWriter,
     write_json,
 )
+from qwen25vl_jax.cli_errors import require_flags
 from qwen25vl_jax.config import ModelConfig, from_hf_config
 from qwen25vl_jax.hf_weights import RULES, Rule, check_names, stacked_shape, transpose2d
 from qwen25vl_jax.safetensors_io import SafetensorsDir, SafetensorsError
@@ -233,10 +233,8 @@ def main(argv) -> None:
 
     del argv
     f = flags.FLAGS
-    try:
-        out = convert(f.hf_dir, f.output_dir, dtype=f.dtype, overwrite=f.overwrite)
-    except (ConversionError, SafetensorsError) as e:
-        sys.exit(f"hf_to_orbax: error: {e}")
+    require_flags("hf_dir", "output_dir")
+    out = convert(f.hf_dir, f.output_dir, dtype=f.dtype, overwrite=f.overwrite)
     print(json.dumps({"output_dir": out}))
 
 
@@ -244,14 +242,14 @@ def _define_flags() -> None:
     """Flags are defined only when run as a program (the two converters share names)."""
     from absl import flags
 
-    flags.DEFINE_string("hf_dir", None, "released checkpoint directory", required=True)
-    flags.DEFINE_string("output_dir", None, "Orbax checkpoint directory to create", required=True)
+    flags.DEFINE_string("hf_dir", None, "released checkpoint directory")
+    flags.DEFINE_string("output_dir", None, "Orbax checkpoint directory to create")
     flags.DEFINE_enum("dtype", "keep", ["keep", "bfloat16", "float32"], "stored dtype")
     flags.DEFINE_bool("overwrite", False, "replace an existing output directory")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from qwen25vl_jax.cli_errors import run
 
-    _define_flags()
-    app.run(main)
+    _define_flags()  # errors: one line, exit status 2 (ConversionError is an InputError)
+    run(main, "hf_to_orbax", (SafetensorsError,))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -39,9 +38,10 @@ from qwen25vl_jax.checkpoint import (
     read_config,
     write_json,
 )
+from qwen25vl_jax.cli_errors import require_flags
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.hf_weights import Rule, check_names, expected_names, transpose2d
-from qwen25vl_jax.safetensors_io import SafetensorsDir, write_safetensors
+from qwen25vl_jax.safetensors_io import SafetensorsDir, SafetensorsError, write_safetensors
 
 INDEX_FILE = "model.safetensors.index.json"
 BLOCK_BYTES = 64 << 20  # large unstacked tensors are read in row blocks of about this size
@@ -211,11 +211,9 @@ def main(argv) -> None:
 
     del argv
     f = flags.FLAGS
-    try:
-        out = export(f.checkpoint, f.output_dir, max_shard_size=f.max_shard_size, dtype=f.dtype,
-                     overwrite=f.overwrite, hf_assets=f.hf_assets)  # fmt: skip
-    except ConversionError as e:
-        sys.exit(f"orbax_to_hf: error: {e}")
+    require_flags("checkpoint", "output_dir")
+    out = export(f.checkpoint, f.output_dir, max_shard_size=f.max_shard_size, dtype=f.dtype,
+                 overwrite=f.overwrite, hf_assets=f.hf_assets)  # fmt: skip
     print(json.dumps({"output_dir": out}))
 
 
@@ -223,9 +221,8 @@ def _define_flags() -> None:
     """Flags are defined only when run as a program (the two converters share names)."""
     from absl import flags
 
-    flags.DEFINE_string("checkpoint", None, "converted checkpoint or trainer step directory",
-                        required=True)  # fmt: skip
-    flags.DEFINE_string("output_dir", None, "Hugging Face directory to create", required=True)
+    flags.DEFINE_string("checkpoint", None, "converted checkpoint or trainer step directory")
+    flags.DEFINE_string("output_dir", None, "Hugging Face directory to create")
     flags.DEFINE_string("max_shard_size", "5GB", "largest safetensors file, e.g. 5GB, 500MB")
     flags.DEFINE_enum("dtype", "keep", ["keep", "bfloat16", "float32"], "written dtype")
     flags.DEFINE_bool("overwrite", False, "replace an existing output directory")
@@ -233,7 +230,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from qwen25vl_jax.cli_errors import run
 
     _define_flags()
-    app.run(main)
+    run(main, "orbax_to_hf", (SafetensorsError,))  # ConversionError is an InputError

@@ -26,7 +26,10 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from qwen25vl_jax import cli_errors
+from qwen25vl_jax.cli_errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "demo.py")
@@ -80,7 +83,9 @@ def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
     env.setdefault("JAX_PLATFORMS", "cpu")
     cmd = train_command(paths, train_dir, overrides)
     log("[demo] " + " ".join(cmd[1:]))
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    code = subprocess.run(cmd, cwd=REPO, env=env).returncode
+    if code:  # its own error line is already on stderr
+        raise InputError(f"experiments.train exited with status {code}")
 
 
 def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int | None = None,
@@ -170,6 +175,9 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
 def main(argv):
     del argv
     f = flags.FLAGS
+    for name in ("num_train", "num_eval", "devices", "steps"):
+        if f[name].value is not None and f[name].value < 1:
+            raise InputError(f"--{name}={f[name].value}: must be at least 1")
     run(f.workdir, num_train=f.num_train, num_eval=f.num_eval, steps=f.steps, devices=f.devices,
         seed=f.seed)  # fmt: skip
 
@@ -181,4 +189,4 @@ if __name__ == "__main__":  # flags defined here only: importing the module defi
     flags.DEFINE_integer("steps", None, "training steps (default: the config's)")
     flags.DEFINE_integer("devices", 2, "host CPU devices the training batch is sharded over")
     flags.DEFINE_integer("seed", 0, "data and initialisation seed")
-    app.run(main)
+    cli_errors.run(main, "demo")

@@ -50,7 +50,23 @@ from experiments.metrics import (
     strongest,
     task_metrics,
 )
-from qwen25vl_jax.data.records import Conversation, RecordOptions, decode_record, parse_record
+from qwen25vl_jax.cli_errors import (
+    InputError,
+    check_output_file,
+    input_errors,
+    require_flags,
+    run,
+)
+from qwen25vl_jax.data.records import (
+    Conversation,
+    RecordError,
+    RecordOptions,
+    decode_record,
+    load_image,
+    parse_record,
+    resolve_media,
+)
+from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 
 
 # ---- records -> examples ----------------------------------------------------------------------
@@ -76,11 +92,28 @@ def _text(message) -> str:
     return "".join(it.get("text", "") for it in message["content"])
 
 
+def media_problem(conv: Conversation, options: RecordOptions) -> RecordError | None:
+    """Why a record's media cannot be used (a missing file, an image that does not decode, as
+    a `RecordError` naming the record), or None. Videos are only checked to exist."""
+    for ref in conv.media:
+        path = resolve_media(options.media_root, ref.path)
+        try:
+            if ref.kind == "image":
+                load_image(path, conv.record_id)
+            elif not os.path.isfile(path):
+                raise RecordError(conv.record_id, "missing_media", f"video file not found: {path}")
+        except RecordError as err:
+            return err
+    return None
+
+
 def load_examples(path: str, options: RecordOptions, max_samples: int | None = None, *,
-                  factor: int = 28) -> list[Example]:  # fmt: skip
+                  factor: int = 28, skipped: list | None = None) -> list[Example]:  # fmt: skip
     """The questions of a JSONL file (the first `max_samples` only). Truth boxes are read in the
     convention of `options.ground_coords` (resized: pixels of the image `smart_resize`d with
-    `factor` = patch size x merge size and the image budgets) and mapped to original pixels."""
+    `factor` = patch size x merge size and the image budgets) and mapped to original pixels.
+    Given a ``skipped`` list, a record whose media are missing or do not decode is appended
+    to it (a `RecordError` each) and left out. A malformed record raises `RecordError`."""
     from PIL import Image
 
     from qwen25vl_jax.data.vision import scale_boxes, smart_resize
@@ -88,12 +121,18 @@ def load_examples(path: str, options: RecordOptions, max_samples: int | None = N
 
     sizes: dict[str, tuple[int, int]] = {}
     out: list[Example] = []
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such evaluation file")
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     for line_no, line in lines:
         where = f"{path}:{line_no}"
         raw = decode_record(line, where)
         conv = parse_record(raw, where)
+        problem = media_problem(conv, options) if skipped is not None else None
+        if problem is not None:
+            skipped.append(problem)
+            continue
         for j, message in enumerate(conv.messages):
             if message["role"] != "assistant":
                 continue
@@ -110,18 +149,18 @@ def load_examples(path: str, options: RecordOptions, max_samples: int | None = N
             task = raw.get("task") or ("grounding" if "bbox_2d" in answer else
                                        "timing" if video else "counting")  # fmt: skip
             if task not in BASELINES:
-                raise ValueError(f"{conv.record_id}: unknown task {task!r}")
+                raise RecordError(conv.record_id, "malformed", f"unknown task {task!r}")
             if task != "grounding":
                 truth = parse_number(answer)
                 if truth is None:
-                    raise ValueError(f"{conv.record_id}: {task} answer without a number: "
-                                     f"{answer!r}")  # fmt: skip
+                    raise RecordError(conv.record_id, "malformed", f"{task} answer without a "
+                                      f"number: {answer!r}")  # fmt: skip
                 out.append(Example(conv.record_id, task, turn, truth, image))
                 continue
             found = [d for d in parse_grounding(answer).detections if d.kind == "bbox"]
             if not found or image is None:
-                raise ValueError(f"{conv.record_id}: grounding needs an image before the "
-                                 f"question and a box in the answer: {answer!r}")  # fmt: skip
+                raise RecordError(conv.record_id, "malformed", "grounding needs an image before "
+                                  f"the question and a box in the answer: {answer!r}")  # fmt: skip
             if image not in sizes:
                 with Image.open(image) as im:  # the header only
                     sizes[image] = (im.height, im.width)
@@ -340,15 +379,28 @@ def evaluate(model, tokenizer, data: str, options: RecordOptions, *, train_data=
     """Loads the questions of `data`, generates, scores against the baselines fitted on
     `train_data` (default: `data`); writes the JSON report / the PNG of boxes when asked."""
     factor = model.cfg.vision.patch_size * model.cfg.vision.spatial_merge_size
-    examples = load_examples(data, options, max_samples, factor=factor)
-    fitted = load_examples(train_data, options, factor=factor) if train_data else examples
+    skipped: list[RecordError] = []
+    examples = load_examples(data, options, max_samples, factor=factor, skipped=skipped)
+    fitted = (load_examples(train_data, options, factor=factor, skipped=[]) if train_data
+              else examples)  # fmt: skip
+    if skipped:
+        reasons = collections.Counter(e.reason for e in skipped)
+        log(f"[eval] skipped {len(skipped)} records of {data} ({dict(reasons)}); the first: "
+            f"{skipped[0]}")  # fmt: skip
+    if not examples:
+        raise InputError(f"{data}: no question to evaluate ({len(skipped)} records skipped)")
     answers = generate_answers(model, tokenizer, examples, options, batch_size=batch_size,
                                max_new_tokens=max_new_tokens, log=log)  # fmt: skip
     result = {"data": data, "baselines_from": train_data or data,
+              "skipped": [{"id": e.record_id, "reason": e.reason, "detail": e.detail}
+                          for e in skipped],
               **score(examples, answers, baseline_stats(fitted))}  # fmt: skip
-    if output:
-        with open(output, "w") as f:
-            json.dump(result, f, indent=1)
+    if output:  # written whole or not at all
+        from pathlib import Path
+
+        from qwen25vl_jax.data.tokenizer import atomic_write_text
+
+        atomic_write_text(Path(output), json.dumps(result, indent=1))
     if draw:
         drawn = draw_boxes(examples, result, draw)
         log(f"[eval] drew predicted (magenta) and true (black) boxes of {drawn} images to {draw}")
@@ -360,10 +412,8 @@ def define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    flags.DEFINE_string("checkpoint", None, "checkpoint / step directory or trainer workdir",
-                        required=True)  # fmt: skip
-    flags.DEFINE_string("data", None, "JSONL of grounding / counting / timing records",
-                        required=True)  # fmt: skip
+    flags.DEFINE_string("checkpoint", None, "checkpoint / step directory or trainer workdir")
+    flags.DEFINE_string("data", None, "JSONL of grounding / counting / timing records")
     flags.DEFINE_string("media_root", None, "media root (default: the JSONL's directory)")
     flags.DEFINE_string("tokenizer_dir", None, "tokenizer.json directory (default: "
                         "<checkpoint>/hf_assets, as converted checkpoints hold it)")  # fmt: skip
@@ -377,6 +427,7 @@ def define_flags() -> None:
     )  # fmt: skip
     flags.DEFINE_string("output", None, "write the report (metrics, answers) as JSON here")
     flags.DEFINE_string("draw", None, "draw true and predicted boxes into this PNG")
+    define_precision_flag("highest")
 
 
 def main(argv):
@@ -388,9 +439,19 @@ def main(argv):
     from qwen25vl_jax.data.tokenizer import load_tokenizer
 
     f = flags.FLAGS
-    ckpt = latest_checkpoint(f.checkpoint)
-    model, _ = load_checkpoint(ckpt)
-    tokenizer = load_tokenizer(f.tokenizer_dir or os.path.join(ckpt, "hf_assets"))
+    require_flags("checkpoint", "data")
+    if not os.path.isfile(f.data):
+        raise InputError(f"--data {f.data}: no such file")
+    for path in (f.output, f.draw):
+        if path:
+            check_output_file(path)
+    with input_errors(ValueError, OSError, prefix="--checkpoint: "):
+        ckpt = latest_checkpoint(f.checkpoint)
+    with input_errors(ValueError, OSError, prefix="--tokenizer_dir: "):
+        tokenizer = load_tokenizer(f.tokenizer_dir or os.path.join(ckpt, "hf_assets"))
+    set_matmul_precision(f.matmul_precision)
+    with input_errors(ValueError, OSError, prefix="--checkpoint: "):
+        model, _ = load_checkpoint(ckpt)
     options = base.record_options(f.config.data) if f.config else RecordOptions()
     media_root = f.media_root or os.path.dirname(os.path.abspath(f.data))
     options = dataclasses.replace(options, media_root=media_root)
@@ -402,7 +463,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app
-
     define_flags()
-    app.run(main)
+    run(main, "eval")

@@ -13,11 +13,22 @@ Parity (processor-format arrays in, generated ids `tokens` int32[B, max_new_toke
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from qwen25vl_jax.cli_errors import (
+    InputError,
+    check_output_file,
+    input_errors,
+    one_line,
+    run,
+    write_npz,
+)
+from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hf_dir", None, "Hugging Face checkpoint directory (safetensors).")
@@ -41,6 +52,25 @@ flags.DEFINE_string("draw", None, "Draw the grounded boxes / points on the first
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute and parameter dtype.")
 flags.DEFINE_enum("cache_dtype", None, ["float32", "bfloat16"], "KV cache dtype (default dtype).")
 flags.DEFINE_integer("cache_size", None, "KV cache slots (default: prompt bucket + new tokens).")
+define_precision_flag("highest")
+
+
+def check_media_files(images: list[str], video: str | None) -> None:
+    """`InputError` naming the first --image that is missing or does not decode, or a missing
+    --video (checked before the model loads; a video that does not decode fails at decoding)."""
+    from PIL import Image
+
+    for path in images:
+        if not os.path.isfile(path):
+            raise InputError(f"--image {path}: no such file")
+        try:
+            with Image.open(path) as img:
+                img.load()
+        except Exception as err:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
+            raise InputError(f"--image {path}: cannot decode the image ({one_line(err)})") from None
+    if video and not os.path.isfile(video):
+        raise InputError(f"--video {video}: no such file")
+
 
 def build_chat_inputs(cfg, tokenizer):
     """Encodes the images / video and the chat prompt. Returns (arrays, images) where images is
@@ -72,7 +102,8 @@ def build_chat_inputs(cfg, tokenizer):
         arrays["pixel_values"] = np.concatenate(pix)
         arrays["image_grid_thw"] = np.stack(grids)
     if FLAGS.video:
-        frames, fps = data.decode_video(FLAGS.video, fps=FLAGS.fps)
+        with input_errors(Exception, prefix=f"--video {FLAGS.video}: cannot decode the video: "):
+            frames, fps = data.decode_video(FLAGS.video, fps=FLAGS.fps)
         px, grid, spg = data.preprocess_video(
             frames,
             fps=fps,
@@ -145,21 +176,51 @@ def report_grounding(answer: str, images) -> None:
 
 def main(argv):
     del argv
+    from qwen25vl_jax.data.processor_inputs import check_processor_arrays
+    from qwen25vl_jax.loading import (
+        LOAD_ERRORS,
+        load_model,
+        read_model_config,
+        read_processor_arrays,
+    )
+
+    if bool(FLAGS.inputs) != bool(FLAGS.output):
+        raise InputError("--inputs and --output go together (parity mode)")
+    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
+        raise InputError("give exactly one of --hf_dir and --checkpoint")
+    sources = dict(checkpoint=FLAGS.checkpoint or None, hf_dir=FLAGS.hf_dir or None)
+    # everything the run reads or writes is checked before the model loads
+    with input_errors(*LOAD_ERRORS):
+        cfg = read_model_config(**sources)
+    if FLAGS.inputs:
+        with input_errors(*LOAD_ERRORS):
+            arrays = read_processor_arrays(FLAGS.inputs)
+        source = FLAGS.inputs
+        check_output_file(FLAGS.output)
+    else:
+        check_media_files(FLAGS.image, FLAGS.video)
+        if FLAGS.draw:
+            check_output_file(FLAGS.draw)
+        from qwen25vl_jax.data.tokenizer import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(FLAGS.tokenizer_dir or FLAGS.hf_dir or FLAGS.checkpoint)
+        except FileNotFoundError as err:
+            raise InputError(f"{one_line(err)}; or pass --tokenizer_dir") from None
+        arrays, images = build_chat_inputs(cfg, tokenizer)
+        source = "the prompt (check --tokenizer_dir matches the model)"
+    check_processor_arrays(arrays, cfg, source)
+    set_matmul_precision(FLAGS.matmul_precision)
+
     import jax
     import jax.numpy as jnp
 
     from qwen25vl_jax.inference import Generator, Sampling
-    from qwen25vl_jax.loading import load_model, read_processor_arrays
     from qwen25vl_jax.model.qwen25vl import RunOptions
 
-    if bool(FLAGS.inputs) != bool(FLAGS.output):
-        raise app.UsageError("--inputs and --output go together (parity mode)")
-    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
-        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
     dtype = jnp.dtype(FLAGS.dtype)
-    model, cfg = load_model(
-        checkpoint=FLAGS.checkpoint or None, hf_dir=FLAGS.hf_dir or None, dtype=dtype
-    )
+    with input_errors(*LOAD_ERRORS):
+        model, cfg = load_model(**sources, dtype=dtype)
     gen = Generator(model, opts=RunOptions(dtype=dtype), cache_dtype=FLAGS.cache_dtype)
     gen_kw = dict(
         max_new_tokens=FLAGS.max_new_tokens, key=jax.random.key(FLAGS.seed),
@@ -167,25 +228,17 @@ def main(argv):
         cache_size=FLAGS.cache_size,
     )  # fmt: skip
     if FLAGS.inputs:
-        out = gen.generate(read_processor_arrays(FLAGS.inputs), **gen_kw)
-        np.savez(FLAGS.output, tokens=out.tokens.astype(np.int32))
+        out = gen.generate(arrays, **gen_kw)
+        write_npz(FLAGS.output, tokens=out.tokens.astype(np.int32))
         print(f"wrote tokens {out.tokens.shape} to {FLAGS.output}")
         return
-
-    from qwen25vl_jax.data.tokenizer import load_tokenizer
-
-    try:
-        tokenizer = load_tokenizer(FLAGS.tokenizer_dir or FLAGS.hf_dir or FLAGS.checkpoint)
-    except FileNotFoundError as err:
-        raise app.UsageError(f"{err}; or pass --tokenizer_dir") from None
     stop = tuple(
         t for t in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
         if t is not None
     ) or (cfg.eos_token_id, cfg.bos_token_id)  # fmt: skip
-    arrays, images = build_chat_inputs(cfg, tokenizer)
     answer = stream_answer(gen, arrays, tokenizer, stop, gen_kw)
     report_grounding(answer, images)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main, "generate")

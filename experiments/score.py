@@ -8,22 +8,20 @@ The tool to check a converted model against PyTorch outputs on your own inputs:
 in.npz holds the Hugging Face processor's arrays: input_ids [B,L], attention_mask [B,L], and
 where present pixel_values [N,1176], image_grid_thw [n,3], pixel_values_videos [M,1176],
 video_grid_thw [m,3], second_per_grid_ts [m]. out.npz gets logits float32 [B,L,V],
-position_ids int [3,B,L] and rope_deltas int [B,1].
+position_ids int [3,B,L] and rope_deltas int [B,1]. Inputs are checked against the model's
+config before its weights load (`qwen25vl_jax.data.processor_inputs`); float32 matmuls run at
+full precision unless --matmul_precision says otherwise (GPUs and TPUs default to less).
 """
 
 from __future__ import annotations
 
-import os
-
-import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from flax import nnx
+from absl import flags
 
-from qwen25vl_jax.loading import load_model, read_processor_arrays
-from qwen25vl_jax.model.inputs import inputs_from_hf
-from qwen25vl_jax.model.qwen25vl import RunOptions, forward
+from qwen25vl_jax.cli_errors import check_output_file, input_errors, require_flags, run, write_npz
+from qwen25vl_jax.data.processor_inputs import check_processor_arrays
+from qwen25vl_jax.loading import LOAD_ERRORS, load_model, read_model_config, read_processor_arrays
+from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -34,10 +32,19 @@ flags.DEFINE_string("inputs", None, "processor-format .npz")
 flags.DEFINE_string("output", None, ".npz to write logits, position_ids, rope_deltas")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter and compute dtype")
 flags.DEFINE_enum("backend", "xla", ["xla", "cudnn"], "attention backend")
+define_precision_flag("highest")
 
 
-def score(model, model_cfg, arrays: dict, opts: RunOptions = RunOptions()) -> dict[str, np.ndarray]:
-    """logits float32 [B,L,V], position_ids int64 [3,B,L], rope_deltas int64 [B,1]."""
+def score(model, model_cfg, arrays: dict, opts=None) -> dict[str, np.ndarray]:
+    """logits float32 [B,L,V], position_ids int64 [3,B,L], rope_deltas int64 [B,1]; ``opts``: a
+    `RunOptions` (default float32, xla attention)."""
+    import jax  # imported here: bad inputs are reported before JAX loads
+    from flax import nnx
+
+    from qwen25vl_jax.model.inputs import inputs_from_hf
+    from qwen25vl_jax.model.qwen25vl import RunOptions, forward
+
+    opts = RunOptions() if opts is None else opts
     media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
     inputs, deltas = inputs_from_hf(
         model_cfg, arrays["input_ids"], arrays.get("attention_mask"), **media
@@ -51,30 +58,27 @@ def score(model, model_cfg, arrays: dict, opts: RunOptions = RunOptions()) -> di
     }
 
 
-def write_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
-    """Writes the .npz through a temporary file renamed at the end."""
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    try:
-        np.savez(tmp, **outputs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def main(argv):
     del argv
+    require_flags("inputs", "output")
+    with input_errors(*LOAD_ERRORS):  # about the user's files: one line naming the file
+        model_cfg = read_model_config(checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir)
+        arrays = read_processor_arrays(FLAGS.inputs)
+    check_processor_arrays(arrays, model_cfg, FLAGS.inputs)
+    check_output_file(FLAGS.output)
+    set_matmul_precision(FLAGS.matmul_precision)
+    import jax.numpy as jnp
+
+    from qwen25vl_jax.model.qwen25vl import RunOptions
+
     dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
-    if (FLAGS.hf_dir is None) == (FLAGS.checkpoint is None):
-        raise app.UsageError("give exactly one of --hf_dir and --checkpoint")
-    model, model_cfg = load_model(checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir, dtype=dtype)
-    arrays = read_processor_arrays(FLAGS.inputs)
+    with input_errors(*LOAD_ERRORS):
+        model, model_cfg = load_model(checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir, dtype=dtype)
     outputs = score(model, model_cfg, arrays, RunOptions(dtype, FLAGS.backend))
-    write_outputs(FLAGS.output, outputs)
+    write_npz(FLAGS.output, **outputs)
     b, length, v = outputs["logits"].shape
     print(f"wrote {FLAGS.output}: logits [{b}, {length}, {v}]")
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["inputs", "output"])
-    app.run(main)
+    run(main, "score")

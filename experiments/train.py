@@ -11,14 +11,18 @@ optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU cl
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from experiments.configs import base
+from qwen25vl_jax.cli_errors import InputError, input_errors, require_flags, run
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.packing import Bucket
+from qwen25vl_jax.data.pipeline_counts import skip_metrics, skip_warning
 from qwen25vl_jax.dataclass_dict import from_plain
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.sharding import make_mesh
@@ -37,6 +41,7 @@ flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() (a
 flags.DEFINE_float("peak_tflops", None, "per-device peak TFLOP/s for MFU where not known")
 FLAGS = flags.FLAGS
 
+
 def init_distributed():
     if FLAGS.cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", FLAGS.cpu_collectives)
@@ -54,7 +59,7 @@ def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
     init = m.init_checkpoint or m.init_hf_dir
     overrides = m.overrides.to_dict()
     if init and overrides:
-        raise ValueError(
+        raise InputError(
             f"config model.overrides {sorted(overrides)} apply to a preset, but the architecture "
             f"of {init} is its config.json"
         )
@@ -62,26 +67,45 @@ def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
         return ModelConfig.preset(m.preset, overrides), None
     from flax import nnx
 
-    from qwen25vl_jax.loading import load_model
+    from qwen25vl_jax.loading import LOAD_ERRORS, load_model
 
-    model, model_cfg = load_model(
-        checkpoint=m.init_checkpoint or None,
-        hf_dir=m.init_hf_dir or None,
-        dtype="float32",
-        mesh=mesh,
-    )
+    which = "init_checkpoint" if m.init_checkpoint else "init_hf_dir"
+    with input_errors(*LOAD_ERRORS, prefix=f"--config.model.{which}: "):
+        model, model_cfg = load_model(
+            checkpoint=m.init_checkpoint or None,
+            hf_dir=m.init_hf_dir or None,
+            dtype="float32",
+            mesh=mesh,
+        )
     return model_cfg, nnx.to_pure_dict(nnx.state(model))
 
 
 def make_data(c, model_cfg: ModelConfig):
+    """This host's iterator of `Batch`es: the Grain pipeline over `data.paths`, or random
+    tokens when `data.source=synthetic` is asked for. `InputError` for a config that cannot
+    feed the run."""
     bucket = Bucket(c.data.seq_len, c.data.num_slots)
+    if c.train.batch_size % jax.process_count():
+        raise InputError(f"--config.train.batch_size={c.train.batch_size} is not divisible by "
+                         f"the {jax.process_count()} processes")  # fmt: skip
+    if c.data.source not in ("records", "synthetic"):
+        raise InputError(f"--config.data.source={c.data.source!r}: expected records or synthetic")
+    if c.data.source == "records" and not c.data.paths:
+        raise InputError("--config.data.paths is empty: give JSONL / ArrayRecord files (globs, "
+                         "comma separated), or --config.data.source=synthetic to train on random "
+                         "tokens")  # fmt: skip
     if c.data.source == "synthetic":
         return SyntheticBatches(
             model_cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
             process_index=jax.process_index(), process_count=jax.process_count(),
             repeat=c.data.synthetic_repeat,
         )  # fmt: skip
-    from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
+    from qwen25vl_jax.data.pipeline import (
+        PipelineConfig,
+        check_vocabulary,
+        make_train_iterator,
+        pipeline_tokenizer,
+    )
 
     d = c.data
     records = base.record_options(d)
@@ -91,17 +115,43 @@ def make_data(c, model_cfg: ModelConfig):
         buckets=(bucket,), batch_size=c.train.batch_size // jax.process_count(),
         seed=c.train.seed, num_epochs=None, num_workers=d.workers, oversize=d.oversize,
         on_bad_record=d.bad_records, pad_id=model_cfg.bos_token_id, records=records,
-        tokenizer_path=d.tokenizer_dir or None,
+        tokenizer_path=d.tokenizer_dir or None, max_consecutive_bad=d.max_consecutive_bad,
     )  # fmt: skip
-    return make_train_iterator(pipe, model_cfg)
+    with input_errors(OSError, ValueError, prefix="--config.data.tokenizer_dir: "):
+        tokenizer = pipeline_tokenizer(pipe)
+    check_vocabulary(tokenizer, model_cfg, d.tokenizer_dir or "Qwen2.5 (offline)")
+    return make_train_iterator(pipe, model_cfg, tokenizer=tokenizer)
 
 
 def train(c, workdir: str) -> list[float]:
     """Runs the configured training; returns the losses of the steps it ran."""
-    base.check_keys(c)
+    with input_errors(ValueError):  # unknown or mistyped config keys, named
+        base.check_keys(c)
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     model_cfg, params = model_and_params(c, mesh)
-    optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
+    data = make_data(c, model_cfg)  # before the workdir exists: a bad data config writes nothing
+    fresh = not os.path.exists(workdir)
+    try:
+        return _train(c, workdir, mesh, model_cfg, params, data)
+    except InputError:
+        if fresh and os.path.isdir(workdir) and not os.listdir(workdir):
+            os.rmdir(workdir)  # failed before anything was written: leave no empty workdir
+        raise
+    finally:  # stops Grain's worker processes now, not in a destructor at exit
+        if hasattr(data, "close"):
+            data.close()
+
+
+def next_batch(data, step: int, steps: int):
+    try:
+        return next(data)
+    except StopIteration:
+        raise InputError(f"the data ran out at step {step} of {steps}") from None
+
+
+def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[float]:
+    with input_errors(ValueError):
+        optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
     trainer = Trainer(
         model_cfg,
         optim,
@@ -113,13 +163,14 @@ def train(c, workdir: str) -> list[float]:
         keep=c.train.keep,
         async_save=c.train.async_save,
     )
-    data = make_data(c, model_cfg)
+    pending = None
     if trainer.latest_step() is not None:
         state, data_state = trainer.restore()
         if data_state is not None:
             data.set_state(data_state)
         logging.info("resumed from step %d", int(state.step))
-    else:
+    else:  # the first batch is read before the model is initialised: bad data fails fast
+        pending = next_batch(data, 0, c.train.steps) if c.train.steps > 0 else None
         state = trainer.init_state(params, seed=c.train.seed, init_seed=c.model.init_seed)
     del params
     writer = MetricWriter(workdir)
@@ -127,8 +178,10 @@ def train(c, workdir: str) -> list[float]:
                        FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None))  # fmt: skip
     losses, flops, real, padded, since = [], 0.0, 0.0, 0.0, 0
     step = int(state.step)
+    warned = False
     while step < c.train.steps:
-        batch = next(data)
+        batch = pending if pending is not None else next_batch(data, step, c.train.steps)
+        pending = None
         f = batch_flops(model_cfg, batch, optim)["total"] * jax.process_count()
         state, metrics = trainer.step(state, batch)
         step += 1
@@ -140,6 +193,12 @@ def train(c, workdir: str) -> list[float]:
             metrics = jax.device_get(metrics)
             losses.append(float(metrics["loss"]))
             scalars = {**metrics, **meter.update(flops, real, padded, since)}
+            if hasattr(data, "counts"):  # the records pipeline: skipped records by reason
+                scalars.update(skip_metrics(data.counts))
+                warning = skip_warning(data.counts, c.data.warn_skipped_fraction)
+                if warning and not warned:
+                    warned = True
+                    logging.warning(warning)
             writer.write(step, scalars)
             flops, real, padded, since = 0.0, 0.0, 0.0, 0
     trainer.save(state, data.get_state(), force=True)
@@ -150,11 +209,13 @@ def train(c, workdir: str) -> list[float]:
 
 def main(argv):
     del argv
+    if FLAGS.config is None:
+        raise InputError("--config is required, e.g. --config=experiments/configs/sft.py:7b")
+    require_flags("workdir")
     init_distributed()
     np.set_printoptions(precision=6)
     train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    run(main, "train")

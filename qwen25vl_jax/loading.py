@@ -25,6 +25,25 @@ _RANKS = {name: 1 if name == "second_per_grid_ts" else 2 for name in PROCESSOR_A
 _INTEGER = ("input_ids", "image_grid_thw", "video_grid_thw")  # and the mask: integers or bools
 
 
+# the loaders' errors that are about the user's files (their messages name the file / tensor):
+# command-line tools report them as one line (`cli_errors.input_errors`)
+LOAD_ERRORS = (ValueError, OSError)
+
+
+def read_model_config(*, checkpoint=None, hf_dir=None):
+    """The `ModelConfig` of exactly one of an Orbax `checkpoint` or a Hugging Face `hf_dir`,
+    without reading weights (to check inputs before a model loads)."""
+    if (checkpoint is None) == (hf_dir is None):
+        raise ValueError("give exactly one of a checkpoint and a Hugging Face directory")
+    if checkpoint is not None:
+        from qwen25vl_jax.checkpoint import read_config
+
+        return read_config(checkpoint)
+    from qwen25vl_jax.config import from_hf_config
+
+    return from_hf_config(hf_dir)
+
+
 def load_model(*, checkpoint=None, hf_dir=None, dtype=None, mesh=None):
     """(Qwen25VL, ModelConfig) from exactly one of an Orbax `checkpoint` (a checkpoint or a
     trainer step directory) or a Hugging Face `hf_dir` (config.json + safetensors).

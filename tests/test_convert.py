@@ -381,7 +381,7 @@ def test_command_lines(tmp_path):
     assert json.loads(p.stdout.strip().splitlines()[-1])["output_dir"] == str(out)
     assert SafetensorsDir(out).get("model.norm.weight").dtype == np.float32
     p = _run("checkpoints_convert.hf_to_orbax", f"--hf_dir={src}", f"--output_dir={ck}")
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert "hf_to_orbax: error:" in p.stderr and "already exists" in p.stderr
     assert "Traceback" not in p.stderr
 

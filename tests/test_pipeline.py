@@ -12,16 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qwen25vl_jax.data.iterator_state import restore_iterator_state, save_iterator_state
 from qwen25vl_jax.data.packing import Bucket
-from qwen25vl_jax.data.pipeline import (
-    PipelineConfig,
-    efficiency,
-    make_train_iterator,
-    plan_window,
-    restore_iterator_state,
-    save_iterator_state,
-)
+from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
+from qwen25vl_jax.data.pipeline_counts import efficiency
 from qwen25vl_jax.data.records import RecordError, record_to_sample
+from qwen25vl_jax.data.window_plan import plan_window
 from tests.test_records import CFG, OPTS, cached_tokenizer, write_image, write_jsonl
 
 N = 36

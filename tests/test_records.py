@@ -14,13 +14,8 @@ from PIL import Image
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data import tokenizer as tokenizer_module
 from qwen25vl_jax.data.chat import encode_chat
-from qwen25vl_jax.data.records import (
-    RecordError,
-    RecordOptions,
-    RecordSource,
-    jsonl_to_array_record,
-    record_to_sample,
-)
+from qwen25vl_jax.data.record_sources import RecordSource, jsonl_to_array_record
+from qwen25vl_jax.data.records import RecordError, RecordOptions, record_to_sample
 from qwen25vl_jax.data.tokenizer import build_qwen_tokenizer, load_tokenizer, save_tokenizer_dir
 from qwen25vl_jax.data.video import decode_video, preprocess_video, write_video
 from qwen25vl_jax.data.vision import preprocess_image, scale_boxes, smart_resize

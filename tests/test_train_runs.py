@@ -18,7 +18,7 @@ STEPS = 6
 COMMON = [
     "--config=experiments/configs/stage2_full.py:tiny", "--config.run.dtype=float32",
     f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--config.train.batch_size=4",
-    "--config.optim.warmup_steps=2",
+    "--config.optim.warmup_steps=2", "--config.data.source=synthetic",
 ]  # fmt: skip
 
 pytestmark = pytest.mark.heavy

@@ -83,7 +83,9 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
     )
     c.data = ml_collections.ConfigDict(
         {
-            "source": "synthetic",  # synthetic | records (JSONL / ArrayRecord files in `paths`)
+            # records (JSONL / ArrayRecord files in `paths`) | synthetic (random tokens: only
+            # when asked for, so a forgotten `paths` is an error, not a run on noise)
+            "source": "records",
             "paths": "",
             "seq_len": seq_len,
             "num_slots": slots,
@@ -91,6 +93,9 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
             "workers": 0,
             "oversize": "truncate",
             "bad_records": "skip",
+            # skipped records: this many in a row stop training; a warning above this fraction
+            "max_consecutive_bad": 1000,
+            "warn_skipped_fraction": 0.01,
             "tokenizer_dir": "",
             **as_plain(RecordOptions()),
         }

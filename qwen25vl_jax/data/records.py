@@ -20,25 +20,23 @@ to the last image shown before that text (the record's first image if none is). 
 to the resized image the model sees (Qwen2.5-VL grounds in absolute resized pixels).
 
 Every failure raises `RecordError(record_id, reason, detail)`; its message names the record
-(``file:line`` for JSONL, ``file#index`` for ArrayRecord) and one of `REASONS`.
+(``file:line`` for JSONL, ``file#index`` for ArrayRecord) and one of `REASONS`. The files are
+read by `record_sources.RecordSource`.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import glob
 import json
-import mmap
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
+from qwen25vl_jax.cli_errors import InputError
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.batch import Sample, make_sample
 from qwen25vl_jax.data.chat import encode_chat
@@ -68,7 +66,7 @@ _PLACEHOLDER = re.compile(r"(<image>|<video>)")
 _COORDS = re.compile(r'("(bbox_2d|point_2d)"\s*:\s*)\[([^\[\]]*)\]')
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record that cannot become a training sample. ``str()``: "record ID: REASON: detail"."""
 
     def __init__(self, record_id: str, reason: str, detail: str):
@@ -214,7 +212,8 @@ def rescale_grounding(text: str, from_hw: tuple[int, int], to_hw: tuple[int, int
     return _COORDS.sub(sub, text)
 
 
-def _load_image(path: str, rid: str) -> Image.Image:
+def load_image(path: str, rid: str) -> Image.Image:
+    """The decoded image; RecordError "missing_media" / "corrupt_media" naming the record."""
     if not os.path.isfile(path):
         raise RecordError(rid, "missing_media", f"image file not found: {path}")
     try:
@@ -225,7 +224,8 @@ def _load_image(path: str, rid: str) -> Image.Image:
         raise RecordError(rid, "corrupt_media", f"cannot decode image {path}: {err}") from err
 
 
-def _resolve(root: str, path: str) -> str:
+def resolve_media(root: str, path: str) -> str:
+    """A record's media path: relative to ``root`` unless absolute."""
     return path if not root or os.path.isabs(path) else os.path.join(root, path)
 
 
@@ -236,9 +236,9 @@ def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> 
     sizes = dict(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
                  merge_size=v.spatial_merge_size)  # fmt: skip
     for ref in conv.media:
-        path = _resolve(options.media_root, ref.path)
+        path = resolve_media(options.media_root, ref.path)
         if ref.kind == "image":
-            image = _load_image(path, conv.record_id)
+            image = load_image(path, conv.record_id)
             try:
                 pv, grid = preprocess_image(image, min_pixels=options.min_pixels,
                                             max_pixels=options.max_pixels, **sizes)  # fmt: skip
@@ -320,119 +320,3 @@ def record_to_sample(
     except ValueError as err:  # vision tokens written in the text, and the like
         raise RecordError(conv.record_id, "malformed", str(err)) from err
     return make_sample(cfg, ids, mask, [m[:4] for m in media])
-
-
-# ---- sources: random access to (record_id, payload bytes) -------------------------------------
-
-
-class JsonlSource:
-    """Random access to the non-blank lines of a JSONL file: item i = ("path:line", bytes).
-
-    The line index (int64 offsets) is built once by a NumPy scan; reads use ``os.pread`` on a
-    descriptor opened lazily per process, so the source pickles into Grain workers.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else nullcontext(b"")
-            with mapped as buf:
-                data = np.frombuffer(buf, np.uint8)
-                ends = np.flatnonzero(data == ord("\n"))
-                if size and (not len(ends) or ends[-1] != size - 1):
-                    ends = np.append(ends, size)  # last line without a newline
-                starts = np.concatenate([[0], ends[:-1] + 1])[: len(ends)].astype(np.int64)
-                keep = ends - starts > 16  # short lines: keep unless blank
-                for i in np.flatnonzero(~keep):
-                    keep[i] = bool(bytes(data[starts[i] : ends[i]]).strip())
-                del data  # release the buffer before the mmap closes
-        self._starts, self._ends = starts[keep], ends[keep].astype(np.int64)
-        self._lines = np.flatnonzero(keep).astype(np.int64) + 1
-        self._fd, self._pid = None, None
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    def __getitem__(self, i: int) -> tuple[str, bytes]:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        start, end = int(self._starts[i]), int(self._ends[i])
-        return f"{self.path}:{self._lines[i]}", os.pread(self._fd, end - start, start)
-
-    def __getstate__(self):
-        return {**self.__dict__, "_fd": None, "_pid": None}
-
-
-class ArrayRecordSource:
-    """Random access to an ArrayRecord file of JSON records: item i = ("path#i", bytes)."""
-
-    def __init__(self, path: str | os.PathLike):
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
-
-        self.path = os.fspath(path)
-        self._source = ArrayRecordDataSource([self.path])
-
-    def __len__(self) -> int:
-        return len(self._source)
-
-    def __getitem__(self, i: int) -> tuple[str, bytes]:
-        return f"{self.path}#{i}", self._source[int(i)]
-
-
-class RecordSource:
-    """Several JSONL (``*.jsonl``, ``*.json``) and ArrayRecord (``*.arrayrecord``,
-    ``*.array_record``) files, concatenated in the order given; globs are expanded (sorted).
-    A Grain random-access data source: ``len()``, ``[i] -> (record_id, bytes)``."""
-
-    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        files = []
-        for p in map(os.fspath, paths):
-            matched = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-            if not matched:
-                raise FileNotFoundError(f"no record file matches {p}")
-            files += matched
-        self.sources = [
-            ArrayRecordSource(f)
-            if f.endswith((".arrayrecord", ".array_record"))
-            else JsonlSource(f)
-            for f in files
-        ]
-        self._cum = np.cumsum([0] + [len(s) for s in self.sources]).tolist()
-
-    def __len__(self) -> int:
-        return self._cum[-1]
-
-    def __getitem__(self, i: int) -> tuple[str, bytes]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"record {i} out of range [0, {len(self)})")
-        k = bisect.bisect_right(self._cum, i) - 1
-        return self.sources[k][i - self._cum[k]]
-
-    def __repr__(self) -> str:
-        return f"RecordSource({[s.path for s in self.sources]}, {len(self)} records)"
-
-
-def write_array_record(records: Iterable[bytes | str | Mapping], path: str | os.PathLike) -> int:
-    """Writes records (JSON bytes / text, or dicts serialised to JSON) to an ArrayRecord file,
-    one record per group so reads are random access. Returns the count."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    writer = ArrayRecordWriter(os.fspath(path), "group_size:1")
-    n = 0
-    try:
-        for r in records:
-            data = json.dumps(r).encode() if isinstance(r, Mapping) else r
-            writer.write(data.encode() if isinstance(data, str) else data)
-            n += 1
-    finally:
-        writer.close()
-    return n
-
-
-def jsonl_to_array_record(jsonl_path: str | os.PathLike, out_path: str | os.PathLike) -> int:
-    """Converts a JSONL file (blank lines skipped, bytes kept) to ArrayRecord. Returns count."""
-    source = JsonlSource(jsonl_path)
-    return write_array_record((source[i][1] for i in range(len(source))), out_path)

@@ -111,7 +111,8 @@ class MetricWriter:
             self.writer.flush()
             self.jsonl.write(json.dumps({"step": step, "split": prefix, **scalars}) + "\n")
             self.jsonl.flush()
-        shown = ("loss", "lr", "grad_norm", "real_tokens_per_s", "mfu", "step_seconds")
+        shown = ("loss", "lr", "grad_norm", "real_tokens_per_s", "mfu", "step_seconds",
+                 "skipped_records")  # fmt: skip
         parts = [f"{k} {scalars[k]:.4g}" for k in shown if k in scalars]
         line = f"[{prefix}] step {step}: " + ", ".join(parts)
         if jax.process_index() == 0:

@@ -1,0 +1,110 @@
+"""How the command-line tools report bad input: one line naming the file / record / array and the
+reason, a non-zero exit status, no traceback.
+
+A tool raises `InputError` (or a subclass: `RecordError`, the converters' `ConversionError`)
+for anything the user can fix, wraps library calls whose errors are about the user's files in
+`input_errors(...)`, and runs its ``main`` through `run`:
+
+    def main(argv):
+        require_flags("inputs", "output")
+        with input_errors(ValueError, OSError):
+            model, cfg = load_model(...)
+
+    if __name__ == "__main__":
+        run(main, "score")
+
+Every other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+
+EXIT_INPUT_ERROR = 2
+# Errors that are about the user's files whatever raised them (their message names the path).
+FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)  # fmt: skip
+
+
+class InputError(ValueError):
+    """Bad input the user can fix. ``str()``: one line naming the file / record / array and
+    the reason."""
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (its type name when it has none)."""
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+@contextlib.contextmanager
+def input_errors(*types: type[BaseException], prefix: str = "") -> Iterator[None]:
+    """Re-raises the listed exception types raised inside as `InputError` (same message,
+    ``prefix`` in front): for library calls whose failures are about the user's input."""
+    try:
+        yield
+    except InputError:
+        raise
+    except types as err:
+        raise InputError(f"{prefix}{one_line(err)}") from None
+
+
+def require_flags(*names: str) -> None:
+    """`InputError` naming the first of the absl flags ``names`` that was not given (absl's own
+    required-flag check prints two lines and the flag's internals)."""
+    from absl import flags
+
+    for name in names:
+        if flags.FLAGS[name].value in (None, "", []):
+            raise InputError(f"--{name} is required")
+
+
+def check_output_file(path: str) -> None:
+    """`InputError` unless ``path`` can be created: its directory exists and it is not a
+    directory (checked before any model is loaded or run)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise InputError(f"{path}: output directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, expected a file name")
+
+
+def write_npz(path: str, **arrays) -> None:
+    """``np.savez`` through a temporary file renamed onto ``path``: a killed or failed run
+    leaves no half-written output."""
+    import numpy as np
+
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def handle(main: Callable, prog: str, errors: tuple[type[BaseException], ...] = ()) -> Callable:
+    """``main`` wrapped so that `InputError`, `FILE_ERRORS`, absl usage errors and ``errors``
+    print ``PROG: error: MESSAGE`` (one line) on stderr and exit with status 2."""
+    from absl import app
+
+    caught = (InputError, app.UsageError, *FILE_ERRORS, *errors)
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except caught as err:
+            print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INPUT_ERROR)
+
+    return wrapped
+
+
+def run(main: Callable, prog: str, errors: tuple[type[BaseException], ...] = ()) -> None:
+    """`absl.app.run` of ``main`` through `handle`."""
+    from absl import app
+
+    app.run(handle(main, prog, errors))

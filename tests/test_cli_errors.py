@@ -1,0 +1,428 @@
+"""Every command-line tool, given bad input, exits with status 2 and one line naming the file /
+record / array and the reason: no traceback, nothing half-written, no hang.
+
+Each case is a subprocess; they run a few at a time (most fail before JAX loads, in about a
+second) against one set of files built once: the session's tiny Hugging Face directory
+(`conftest.tiny`), processor-format .npz files, images, JSONL records, and a small tokenizer
+with a matching random checkpoint. The table is also BUILD_NOTES' "bad input" matrix.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from qwen25vl_jax.config import ModelConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ModelConfig.tiny()  # the `tiny` fixture's config (vocabulary 211, patch rows 1176 wide)
+IMG = TINY.image_token_id
+HANG_LIMIT_S = 600  # the all-bad-records case must stop by itself well within this
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    module: str
+    args: tuple[str, ...]
+    message: str  # regex the one error line must match
+    absent: str | None = None  # an output path that must not exist afterwards
+    status: int = 2
+    timeout: int = 300
+
+
+def npz(path, **arrays) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tiny, tmp_path_factory):
+    """Paths of every input the cases use (the tiny HF directory's vocabulary is 211)."""
+    from flax import nnx
+    from PIL import Image
+
+    from experiments import synthetic_tasks
+    from experiments.configs import demo
+    from qwen25vl_jax.checkpoint import save_params
+    from qwen25vl_jax.data.records import decode_record, parse_record
+    from qwen25vl_jax.data.small_vocab import (
+        build_small_tokenizer,
+        chat_texts,
+        model_token_ids,
+        save_small_tokenizer,
+    )
+    from qwen25vl_jax.model.qwen25vl import Qwen25VL
+
+    d = tmp_path_factory.mktemp("cli")
+    f = {"hf": str(tiny.path), "d": str(d)}
+    ids = np.array([[1, 2, 3, 4]])
+    f["ids_1d"] = npz(d / "ids_1d.npz", input_ids=np.arange(4))
+    f["ids_float"] = npz(d / "ids_float.npz", input_ids=np.ones((1, 4), np.float32))
+    f["ids_big"] = npz(d / "ids_big.npz", input_ids=np.array([[1, 2, 211, 4]]))
+    f["ids_neg"] = npz(d / "ids_neg.npz", input_ids=np.array([[1, -1, 3]]))
+    f["mask_shape"] = npz(d / "mask_shape.npz", input_ids=ids, attention_mask=np.ones((1, 3), int))
+    f["unknown"] = npz(d / "unknown.npz", input_ids=ids, pixels=np.zeros(3))
+    f["pickled"] = npz(d / "pickled.npz", input_ids=np.array([[1, 2]], dtype=object))
+    img_ids = np.array([[1, IMG, IMG, IMG, IMG, 2]])  # 4 tokens = one 1x4x4 grid
+    grid = np.array([[1, 4, 4]])
+    pix = np.zeros((16, 1176), np.float32)
+    f["img_no_grid"] = npz(d / "img_no_grid.npz", input_ids=img_ids)
+    f["vid_no_grid"] = npz(d / "vid_no_grid.npz", input_ids=np.array([[1, TINY.video_token_id]]))
+    f["grid_no_pix"] = npz(d / "grid_no_pix.npz", input_ids=img_ids, image_grid_thw=grid)
+    f["pix_width"] = npz(d / "pix_width.npz", input_ids=img_ids, image_grid_thw=grid,
+                         pixel_values=np.zeros((16, 1000), np.float32))  # fmt: skip
+    f["pix_rows"] = npz(d / "pix_rows.npz", input_ids=img_ids, image_grid_thw=grid,
+                        pixel_values=pix[:3])  # fmt: skip
+    f["tokens_grid"] = npz(d / "tokens_grid.npz", input_ids=img_ids[:, :4], image_grid_thw=grid,
+                           pixel_values=pix)  # fmt: skip
+    f["good"] = npz(d / "good.npz", input_ids=ids)
+    (d / "text.npz").write_text("not a zip archive")
+    f["not_npz"] = str(d / "text.npz")
+    os.makedirs(d / "config_only")
+    with open(os.path.join(tiny.path, "config.json")) as src:
+        (d / "config_only" / "config.json").write_text(src.read())
+    f["config_only"] = str(d / "config_only")
+    Image.new("RGB", (40, 30), "red").save(d / "good.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    f["good_png"], f["corrupt_png"] = str(d / "good.png"), str(d / "corrupt.png")
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 20)
+    f["corrupt_mp4"] = str(d / "corrupt.mp4")
+    (d / "a_file").write_text("x")
+    f["a_file"] = str(d / "a_file")
+
+    # records, a small tokenizer and a random checkpoint of a model with its vocabulary
+    data = synthetic_tasks.generate(str(d / "data"), num_train=4, num_eval=3, seed=5)
+    with open(data["train"]) as src:
+        convs = [parse_record(decode_record(ln, "t"), "t").messages for ln in src]
+    tok = build_small_tokenizer(chat_texts(convs))
+    f["tok"] = str(save_small_tokenizer(tok, d / "tok"))
+    overrides = demo.get_config().model.overrides.to_dict()  # the demo's model, one layer
+    overrides["text"].update(vocab_size=tok.get_vocab_size(), num_layers=1)
+    cfg = ModelConfig.preset("tiny", overrides)
+    assert {k: getattr(cfg, k) for k in model_token_ids(tok)} == model_token_ids(tok)
+    f["ckpt"] = save_params(d / "ckpt", Qwen25VL(cfg, rngs=nnx.Rngs(0)), cfg)
+    f["train_jsonl"], f["media_root"] = data["train"], data["media_root"]
+    bad = {"messages": [{"role": "bogus", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+    (d / "all_bad.jsonl").write_text((json.dumps(bad) + "\n") * 3)
+    f["all_bad"] = str(d / "all_bad.jsonl")
+    (d / "worker_bad.jsonl").write_text((json.dumps(bad) + "\n") * 2)
+    f["worker_bad"] = str(d / "worker_bad.jsonl")
+    # evaluation: the first record's image deleted (a counted skip); a malformed record
+    with open(data["eval"]) as src:
+        rows = [json.loads(line) for line in src]
+    missing = rows[0]["images"][0] if rows[0].get("images") else rows[0]["videos"][0]
+    missing = missing if isinstance(missing, str) else missing["path"]
+    os.remove(os.path.join(data["media_root"], missing))
+    f["eval_jsonl"], f["eval_missing"] = data["eval"], os.path.basename(missing)
+    (d / "eval_bad.jsonl").write_text('{"messages": "not a list"}\n')
+    f["eval_bad"] = str(d / "eval_bad.jsonl")
+    return f
+
+
+def cases(f) -> dict[str, Case]:
+    hf, d = f["hf"], f["d"]
+    out = f"{d}/out.npz"
+    score = lambda inputs, *a: Case("experiments.score", (f"--hf_dir={hf}", f"--inputs={inputs}",
+                                                          f"--output={out}", *a), "", out)  # noqa: E731
+    train_common = ("--config=experiments/configs/stage2_full.py:tiny", "--config.train.steps=2",
+                    f"--config.model.init_checkpoint={f['ckpt']}",
+                    f"--config.data.tokenizer_dir={f['tok']}",
+                    f"--config.data.media_root={f['media_root']}")  # fmt: skip
+    train = lambda run, *a: ("experiments.train", (f"--workdir={d}/{run}", *train_common, *a))  # noqa: E731
+    evaluate = lambda *a: ("experiments.eval", (f"--checkpoint={f['ckpt']}",  # noqa: E731
+                                                f"--tokenizer_dir={f['tok']}", *a))
+    gen = lambda *a: ("experiments.generate", (f"--hf_dir={hf}", *a))  # noqa: E731
+    w = lambda name: f"{d}/{name}"  # noqa: E731  a workdir per case: they run in parallel
+    table = {
+        # score: files and flags
+        "score_no_inputs": Case("experiments.score", (f"--hf_dir={hf}",), r"--inputs is required"),
+        "score_two_sources": Case("experiments.score", (f"--hf_dir={hf}", f"--checkpoint={hf}",
+                                  f"--inputs={f['good']}", f"--output={out}"),
+                                  r"exactly one of --hf_dir and --checkpoint", out),
+        "score_missing_hf_dir": Case("experiments.score", (f"--hf_dir={d}/nope",
+                                     f"--inputs={f['good']}", f"--output={out}"),
+                                     rf"{d}/nope: no config\.json", out),
+        "score_missing_checkpoint": Case("experiments.score", (f"--checkpoint={d}/nockpt",
+                                         f"--inputs={f['good']}", f"--output={out}"),
+                                         rf"{d}/nockpt: no such checkpoint directory", out),
+        "score_missing_weights": Case("experiments.score", (f"--hf_dir={f['config_only']}",
+                                      f"--inputs={f['good']}", f"--output={out}"),
+                                      rf"{f['config_only']}.*(safetensors|weights)", out),
+        "score_missing_inputs": score(f"{d}/none.npz"),
+        "score_not_npz": score(f["not_npz"]),
+        "score_pickled_npz": score(f["pickled"]),
+        "score_output_dir_missing": Case("experiments.score", (f"--hf_dir={hf}",
+                                         f"--inputs={f['good']}", f"--output={d}/no/o.npz"),
+                                         rf"{d}/no/o\.npz: output directory {d}/no does not "
+                                         r"exist"),
+        # score: arrays
+        "score_ids_1d": score(f["ids_1d"]),
+        "score_ids_float": score(f["ids_float"]),
+        "score_id_over_vocab": score(f["ids_big"]),
+        "score_id_negative": score(f["ids_neg"]),
+        "score_mask_shape": score(f["mask_shape"]),
+        "score_unknown_array": score(f["unknown"]),
+        "score_image_tokens_no_grid": score(f["img_no_grid"]),
+        "score_video_tokens_no_grid": score(f["vid_no_grid"]),
+        "score_grid_no_pixels": score(f["grid_no_pix"]),
+        "score_pixel_width": score(f["pix_width"]),
+        "score_pixel_rows": score(f["pix_rows"]),
+        "score_tokens_vs_grid": score(f["tokens_grid"]),
+        # generate
+        "generate_missing_image": Case(*gen(f"--image={d}/none.jpg"), rf"--image {d}/none\.jpg: "
+                                       r"no such file"),
+        "generate_corrupt_image": Case(*gen(f"--image={f['corrupt_png']}"),
+                                       rf"--image {f['corrupt_png']}: cannot decode the image"),
+        "generate_missing_video": Case(*gen(f"--video={d}/none.mp4"), rf"--video {d}/none\.mp4: "
+                                       r"no such file"),
+        "generate_corrupt_video": Case(*gen(f"--video={f['corrupt_mp4']}",
+                                            f"--tokenizer_dir={f['tok']}"),
+                                       rf"--video {f['corrupt_mp4']}: cannot decode the video"),
+        "generate_no_tokenizer": Case(*gen(f"--image={f['good_png']}"),
+                                      r"no tokenizer at .*; or pass --tokenizer_dir"),
+        "generate_prompt_over_vocab": Case(*gen(f"--image={f['good_png']}",
+                                                f"--tokenizer_dir={f['tok']}"),
+                                           r"the prompt .*'input_ids' holds token id \d+, "
+                                           r"outside the model's vocabulary \[0, 211\)"),
+        "generate_draw_dir_missing": Case(*gen(f"--image={f['good_png']}",
+                                               f"--draw={d}/no/boxes.png"),
+                                          rf"{d}/no/boxes\.png: output directory"),
+        "generate_inputs_no_output": Case(*gen(f"--inputs={f['good']}"),
+                                          r"--inputs and --output go together"),
+        "generate_parity_over_vocab": Case(*gen(f"--inputs={f['ids_big']}", f"--output={out}"),
+                                           r"ids_big\.npz: 'input_ids' holds token id 211", out),
+        "generate_parity_image_no_grid": Case(*gen(f"--inputs={f['img_no_grid']}",
+                                                   f"--output={out}"),
+                                              r"'input_ids' holds 4 image tokens but there is "
+                                              r"no 'image_grid_thw'", out),
+        "generate_parity_output_dir": Case(*gen(f"--inputs={f['good']}",
+                                                f"--output={d}/no/t.npz"),
+                                           r"output directory .* does not exist"),
+        "generate_missing_checkpoint": Case("experiments.generate", (f"--checkpoint={d}/nockpt",
+                                            f"--image={f['good_png']}"),
+                                            r"nockpt: no such checkpoint directory"),
+        # train (a workdir per case: they run in parallel; none may be left behind)
+        "train_no_config": Case("experiments.train", (f"--workdir={w('nc')}",),
+                                r"--config is required", w("nc")),
+        "train_no_workdir": Case("experiments.train", train_common, r"--workdir is required"),
+        "train_source_not_given": Case(*train("sng"), r"--config\.data\.paths is empty: .* "
+                                       r"--config\.data\.source=synthetic", w("sng")),
+        "train_bad_source": Case(*train("bs", "--config.data.source=web"),
+                                 r"--config\.data\.source='web': expected records or synthetic",
+                                 w("bs")),
+        "train_path_missing": Case(*train("pm", f"--config.data.paths={d}/none.jsonl"),
+                                   rf"{d}/none\.jsonl: no such record file", w("pm")),
+        "train_glob_no_match": Case(*train("gnm", f"--config.data.paths={d}/*.nothing"),
+                                    rf"{d}/\*\.nothing: no record file matches", w("gnm")),
+        "train_tokenizer_over_vocab": Case("experiments.train", (
+            f"--workdir={w('tov')}", "--config=experiments/configs/stage2_full.py:tiny",
+            f"--config.data.paths={f['train_jsonl']}"),
+            r"tokenizer Qwen2\.5 \(offline\): 151665 tokens, over the model's vocabulary of 211",
+            w("tov")),
+        "train_missing_init_checkpoint": Case(
+            *train("mic", f"--config.model.init_checkpoint={d}/nock"),
+            r"--config\.model\.init_checkpoint: .*nock: no such checkpoint directory", w("mic")),
+        # the hang: every record bad, skipped by default, repeated forever -> bounded
+        "train_every_record_bad": Case(*train("erb", f"--config.data.paths={f['all_bad']}",
+                                              "--config.data.max_consecutive_bad=20"),
+                                       r"20 bad records in a row .* the last: record "
+                                       r".*all_bad\.jsonl:\d: unknown_role", w("erb"),
+                                       timeout=HANG_LIMIT_S),
+        "train_worker_error_names_record": Case(
+            *train("wen", f"--config.data.paths={f['worker_bad']}",
+                   "--config.data.bad_records=raise", "--config.data.workers=1"),
+            r"^record .*worker_bad\.jsonl:\d: unknown_role: turn 0 has role 'bogus'$", w("wen")),
+        # eval
+        "eval_no_checkpoint": Case("experiments.eval", (f"--data={f['eval_jsonl']}",),
+                                   r"--checkpoint is required"),
+        "eval_missing_data": Case(*evaluate(f"--data={d}/none.jsonl"),
+                                  rf"--data {d}/none\.jsonl: no such file"),
+        "eval_missing_checkpoint": Case("experiments.eval", (f"--checkpoint={d}/nock",
+                                        f"--data={f['eval_jsonl']}"),
+                                        r"--checkpoint: .*nock: neither a checkpoint"),
+        "eval_malformed_record": Case(*evaluate(f"--data={f['eval_bad']}"),
+                                      r"record .*eval_bad\.jsonl:1: malformed: no non-empty "
+                                      r"'messages'"),
+        "eval_output_dir_missing": Case(*evaluate(f"--data={f['eval_jsonl']}",
+                                                  f"--output={d}/no/r.json"),
+                                        r"output directory .* does not exist"),
+        "eval_missing_image_is_skipped": Case(*evaluate(
+            f"--data={f['eval_jsonl']}", f"--media_root={f['media_root']}",
+            "--max_new_tokens=2", "--batch_size=4", f"--output={d}/report.json"),
+            rf"\[eval\] skipped 1 records of .*'missing_media': 1.*the first: record "
+            rf".*eval\.jsonl:1\b.*: missing_media: .*{f['eval_missing']}",
+            status=0),
+        # demo
+        "demo_bad_count": Case("experiments.demo", ("--num_train=0", f"--workdir={d}/demo"),
+                               r"--num_train=0: must be at least 1", f"{d}/demo"),
+        "demo_workdir_under_a_file": Case("experiments.demo", (f"--workdir={f['a_file']}/demo",
+                                          "--num_train=2", "--num_eval=1", "--steps=1"),
+                                          rf"{f['a_file']}"),
+        # converters
+        "hf_to_orbax_no_flags": Case("checkpoints_convert.hf_to_orbax", (),
+                                     r"--hf_dir is required"),
+        "hf_to_orbax_missing_dir": Case("checkpoints_convert.hf_to_orbax", (
+            f"--hf_dir={d}/nope", f"--output_dir={d}/conv"), rf"{d}/nope: not a directory",
+            f"{d}/conv"),
+        "hf_to_orbax_no_weights": Case("checkpoints_convert.hf_to_orbax", (
+            f"--hf_dir={f['config_only']}", f"--output_dir={d}/conv"), rf"{f['config_only']}",
+            f"{d}/conv"),
+        "orbax_to_hf_missing_checkpoint": Case("checkpoints_convert.orbax_to_hf", (
+            f"--checkpoint={d}/nock", f"--output_dir={d}/hfout"),
+            rf"{d}/nock: no such checkpoint directory", f"{d}/hfout"),
+    }  # fmt: skip
+    messages = {  # the score array cases' expected lines
+        "score_missing_inputs": rf"{d}/none\.npz: no such inputs file",
+        "score_not_npz": r"text\.npz: not a readable \.npz of plain arrays",
+        "score_pickled_npz": r"pickled\.npz: not a readable \.npz of plain arrays",
+        "score_ids_1d": r"ids_1d\.npz: array 'input_ids' has shape \(4,\), expected rank 2",
+        "score_ids_float": r"ids_float\.npz: array 'input_ids' has dtype float32, expected "
+                           r"integers",
+        "score_id_over_vocab": r"ids_big\.npz: 'input_ids' holds token id 211, outside the "
+                               r"model's vocabulary \[0, 211\)",
+        "score_id_negative": r"ids_neg\.npz: 'input_ids' holds token id -1, outside",
+        "score_mask_shape": r"mask_shape\.npz: attention_mask shape \(1, 3\) differs from "
+                            r"input_ids \(1, 4\)",
+        "score_unknown_array": r"unknown\.npz: unknown arrays \['pixels'\]",
+        "score_image_tokens_no_grid": r"img_no_grid\.npz: 'input_ids' holds 4 image tokens but "
+                                      r"there is no 'image_grid_thw'",
+        "score_video_tokens_no_grid": r"vid_no_grid\.npz: 'input_ids' holds 1 video tokens but "
+                                      r"there is no 'video_grid_thw'",
+        "score_grid_no_pixels": r"grid_no_pix\.npz: 'image_grid_thw' without 'pixel_values'",
+        "score_pixel_width": r"pix_width\.npz: 'pixel_values' must be float \[patches, 1176\], "
+                             r"got float32\[16, 1000\]",
+        "score_pixel_rows": r"pix_rows\.npz: 'pixel_values' has 3 rows, 'image_grid_thw' "
+                            r"describes 16",
+        "score_tokens_vs_grid": r"tokens_grid\.npz: 'input_ids' holds 3 image tokens, "
+                                r"'image_grid_thw' describes 4",
+    }  # fmt: skip
+    for name, message in messages.items():
+        table[name] = dataclasses.replace(table[name], message=message)
+    return table
+
+
+CASE_NAMES = sorted(cases(dict.fromkeys(
+    ["hf", "d", "tok", "ckpt", "media_root", "all_bad", "worker_bad", "eval_jsonl", "eval_bad",
+     "eval_missing", "train_jsonl", "config_only", "good", "corrupt_png", "corrupt_mp4",
+     "good_png", "ids_big", "img_no_grid", "a_file", "not_npz", "pickled", "ids_1d",
+     "ids_float", "ids_neg", "mask_shape", "unknown", "vid_no_grid", "grid_no_pix",
+     "pix_width", "pix_rows", "tokens_grid"], "")))  # fmt: skip
+
+
+def run_case(case: Case) -> tuple[subprocess.CompletedProcess | None, float]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", case.module, *case.args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=case.timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        proc = None  # a hang
+    return proc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def results(files):
+    table = cases(files)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = {name: pool.submit(run_case, case) for name, case in table.items()}
+        return {name: (table[name], *fut.result()) for name, fut in futures.items()}
+
+
+def error_lines(stderr: str) -> list[str]:
+    """stderr without absl / Orbax / JAX log lines (I/W + date) and progress output."""
+    return [ln for ln in stderr.splitlines()
+            if ln.strip() and not re.match(r"[IWE]\d{4} |\[eval\]|\[train\]", ln)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_bad_input_one_line_no_traceback(results, name):
+    case, proc, seconds = results[name]
+    assert proc is not None, f"{name}: still running after {case.timeout} s (a hang)"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == case.status, (proc.returncode, proc.stderr[-3000:])
+    if case.status == 0:  # a reported skip: the message is a log line, the run completes
+        assert re.search(case.message, proc.stdout + proc.stderr), proc.stdout[-2000:]
+    else:
+        lines = [ln for ln in error_lines(proc.stderr) if ": error: " in ln]
+        assert len(lines) == 1, proc.stderr[-3000:]
+        prog, _, message = lines[0].partition(": error: ")
+        assert prog == case.module.rsplit(".", 1)[-1]
+        assert re.search(case.message, message), message
+    if case.absent:
+        assert not os.path.exists(case.absent), case.absent
+
+
+def test_eval_skip_is_in_the_report(results, files):
+    case, proc, _ = results["eval_missing_image_is_skipped"]
+    assert proc is not None and proc.returncode == 0, proc and proc.stderr[-2000:]
+    with open(os.path.join(files["d"], "report.json")) as f:
+        report = json.load(f)
+    assert [s["reason"] for s in report["skipped"]] == ["missing_media"]
+    assert files["eval_missing"] in report["skipped"][0]["detail"]
+    assert len(report["samples"]) == 2  # the other two records were evaluated
+
+
+def test_global_batch_not_divisible_by_processes(monkeypatch):
+    """Checked on every data source (a second process is simulated)."""
+    import jax
+
+    from experiments.configs import base
+    from experiments.train import make_data
+    from qwen25vl_jax.cli_errors import InputError
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for source in ("synthetic", "records"):
+        c = base.get_config("tiny")
+        c.data.source, c.data.paths, c.train.batch_size = source, "x.jsonl", 3
+        with pytest.raises(InputError, match=r"batch_size=3 is not divisible by the 2 processes"):
+            make_data(c, TINY)
+
+
+def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path):
+    """SIGKILL while the converter writes: no output directory, and the rerun succeeds (and
+    removes the dead run's temporary directory)."""
+    from qwen25vl_jax.checkpoint import load_checkpoint
+    from tests.test_convert import random_release
+
+    src, out = random_release(tmp_path / "src"), tmp_path / "out"
+    marker = tmp_path / "writing"
+    slow = (f"import sys, time; sys.argv[1:] = ['--hf_dir={src}', '--output_dir={out}']\n"
+            "from checkpoints_convert import hf_to_orbax as h\n"
+            "real = h._write_rule\n"
+            "def slow(*a):\n"
+            f"    open('{marker}', 'w').close(); real(*a); time.sleep(60)\n"
+            "h._write_rule = slow\n"
+            "from absl import app\n"
+            "h._define_flags(); app.run(h.main)\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), "the converter never started writing"
+        time.sleep(0.5)  # inside the first parameter's write and sleep
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]
+    assert leftovers and not out.exists()  # killed mid-write: only the hidden temporary
+    with pytest.raises((FileNotFoundError, ValueError)):
+        load_checkpoint(tmp_path / leftovers[0])  # and it is not a checkpoint either
+    rerun = subprocess.run([sys.executable, "-m", "checkpoints_convert.hf_to_orbax",
+                            f"--hf_dir={src}", f"--output_dir={out}"], cwd=ROOT,
+                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert load_checkpoint(out)[1] is not None
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]
