@@ -18,7 +18,14 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-from qwen25vl_jax.cli_errors import check_output_file, input_errors, require_flags, run, write_npz
+from qwen25vl_jax.cli_errors import (
+    InputError,
+    check_output_file,
+    input_errors,
+    require_flags,
+    run,
+    write_npz,
+)
 from qwen25vl_jax.data.processor_inputs import check_processor_arrays
 from qwen25vl_jax.loading import LOAD_ERRORS, load_model, read_model_config, read_processor_arrays
 from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
@@ -61,6 +68,8 @@ def score(model, model_cfg, arrays: dict, opts=None) -> dict[str, np.ndarray]:
 def main(argv):
     del argv
     require_flags("inputs", "output")
+    if bool(FLAGS.hf_dir) == bool(FLAGS.checkpoint):
+        raise InputError("give exactly one of --hf_dir and --checkpoint")
     with input_errors(*LOAD_ERRORS):  # about the user's files: one line naming the file
         model_cfg = read_model_config(checkpoint=FLAGS.checkpoint, hf_dir=FLAGS.hf_dir)
         arrays = read_processor_arrays(FLAGS.inputs)

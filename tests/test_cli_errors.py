@@ -132,15 +132,25 @@ def files(tiny, tmp_path_factory):
 def cases(f) -> dict[str, Case]:
     hf, d = f["hf"], f["d"]
     out = f"{d}/out.npz"
-    score = lambda inputs, *a: Case("experiments.score", (f"--hf_dir={hf}", f"--inputs={inputs}",
-                                                          f"--output={out}", *a), "", out)  # noqa: E731
+    score = lambda inputs, *a: Case(
+        "experiments.score",
+        (f"--hf_dir={hf}", f"--inputs={inputs}", f"--output={out}", *a),
+        "",
+        out,
+    )  # noqa: E731
     train_common = ("--config=experiments/configs/stage2_full.py:tiny", "--config.train.steps=2",
                     f"--config.model.init_checkpoint={f['ckpt']}",
                     f"--config.data.tokenizer_dir={f['tok']}",
                     f"--config.data.media_root={f['media_root']}")  # fmt: skip
     train = lambda run, *a: ("experiments.train", (f"--workdir={d}/{run}", *train_common, *a))  # noqa: E731
-    evaluate = lambda *a: ("experiments.eval", (f"--checkpoint={f['ckpt']}",  # noqa: E731
-                                                f"--tokenizer_dir={f['tok']}", *a))
+    evaluate = lambda *a: (
+        "experiments.eval",
+        (
+            f"--checkpoint={f['ckpt']}",  # noqa: E731
+            f"--tokenizer_dir={f['tok']}",
+            *a,
+        ),
+    )
     gen = lambda *a: ("experiments.generate", (f"--hf_dir={hf}", *a))  # noqa: E731
     w = lambda name: f"{d}/{name}"  # noqa: E731  a workdir per case: they run in parallel
     table = {
@@ -396,14 +406,16 @@ def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path):
 
     src, out = random_release(tmp_path / "src"), tmp_path / "out"
     marker = tmp_path / "writing"
-    slow = (f"import sys, time; sys.argv[1:] = ['--hf_dir={src}', '--output_dir={out}']\n"
-            "from checkpoints_convert import hf_to_orbax as h\n"
-            "real = h._write_rule\n"
-            "def slow(*a):\n"
-            f"    open('{marker}', 'w').close(); real(*a); time.sleep(60)\n"
-            "h._write_rule = slow\n"
-            "from absl import app\n"
-            "h._define_flags(); app.run(h.main)\n")
+    slow = (
+        f"import sys, time; sys.argv[1:] = ['--hf_dir={src}', '--output_dir={out}']\n"
+        "from checkpoints_convert import hf_to_orbax as h\n"
+        "real = h._write_rule\n"
+        "def slow(*a):\n"
+        f"    open('{marker}', 'w').close(); real(*a); time.sleep(60)\n"
+        "h._write_rule = slow\n"
+        "from absl import app\n"
+        "h._define_flags(); app.run(h.main)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))  # fmt: skip
     try:
