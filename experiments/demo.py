@@ -39,8 +39,9 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None
-            ) -> tuple[dict[str, str], int]:  # fmt: skip
+def prepare(
+    workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=None
+) -> tuple[dict[str, str], int]:
     """Writes the data and the tokenizer; returns their paths and the tokenizer's vocabulary
     size. mix: (grounding, counting, timing) record shares (default `synthetic_tasks.MIX`)."""
     from experiments import synthetic_tasks
@@ -54,8 +55,9 @@ def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=N
     )
 
     mix = synthetic_tasks.MIX if mix is None else tuple(mix)
-    paths = synthetic_tasks.generate(os.path.join(workdir, "data"), num_train, num_eval, seed=seed,
-                                     mix=mix)  # fmt: skip
+    paths = synthetic_tasks.generate(
+        os.path.join(workdir, "data"), num_train, num_eval, seed=seed, mix=mix
+    )
     with open(paths["train"]) as f:
         convs = [parse_record(decode_record(ln, "train"), "train").messages for ln in f]
     tokenizer = build_small_tokenizer(chat_texts(convs))
@@ -67,10 +69,16 @@ def prepare(workdir: str, num_train: int, num_eval: int, seed: int = 0, *, mix=N
 
 def train_command(paths: dict[str, str], train_dir: str, overrides=()) -> list[str]:
     return [
-        sys.executable, "-m", "experiments.train", f"--config={CONFIG}", f"--workdir={train_dir}",
-        f"--config.data.paths={paths['train']}", f"--config.data.media_root={paths['media_root']}",
-        f"--config.data.tokenizer_dir={paths['tokenizer']}", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"--config={CONFIG}",
+        f"--workdir={train_dir}",
+        f"--config.data.paths={paths['train']}",
+        f"--config.data.media_root={paths['media_root']}",
+        f"--config.data.tokenizer_dir={paths['tokenizer']}",
+        *overrides,
+    ]
 
 
 def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
@@ -88,9 +96,19 @@ def run_training(paths, train_dir: str, *, devices: int, overrides=()) -> None:
         raise InputError(f"experiments.train exited with status {code}")
 
 
-def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int | None = None,
-        devices: int = 2, eval_batch: int = 16, seed: int = 0, overrides=(), mix=None,
-        model_args=None) -> dict:  # fmt: skip
+def run(
+    workdir: str,
+    *,
+    num_train: int = 3000,
+    num_eval: int = 400,
+    steps: int | None = None,
+    devices: int = 2,
+    eval_batch: int = 16,
+    seed: int = 0,
+    overrides=(),
+    mix=None,
+    model_args=None,
+) -> dict:
     """The whole job; returns the report (also written to <workdir>/report.json).
 
     overrides: extra `--config.*` flags for experiments/train.py; mix: see `prepare`;
@@ -117,8 +135,11 @@ def run(workdir: str, *, num_train: int = 3000, num_eval: int = 400, steps: int 
     train_dir = os.path.join(workdir, "train")
     shutil.rmtree(train_dir, ignore_errors=True)  # from scratch, not a resume
     if steps is not None:
-        overrides = (f"--config.train.steps={steps}", f"--config.optim.total_steps={steps}",
-                     *overrides)  # fmt: skip
+        overrides = (
+            f"--config.train.steps={steps}",
+            f"--config.optim.total_steps={steps}",
+            *overrides,
+        )
     t = time.perf_counter()
     run_training(paths, train_dir, devices=devices, overrides=overrides)
     times["train_s"] = time.perf_counter() - t

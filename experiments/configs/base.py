@@ -4,9 +4,11 @@ tiny | 3b | 7b | 32b | 72b; override any field with `--config.<path>=value`.
 Sections built from the library's dataclasses hold their defaults (`section`), so a default
 lives in one place and `experiments.train` reads each section back strictly (an unknown key is
 an error naming it):
-  model  preset (`ModelConfig.PRESETS`) + overrides (a nested dict of ModelConfig fields, e.g.
-         {"text": {"num_layers": 4}}), or init_checkpoint (Orbax) / init_hf_dir (safetensors),
-         whose config.json gives the architecture; init_seed draws the random weights
+  model  preset (`config.PRESETS`) + overrides (a nested dict of ModelConfig fields, e.g.
+         {"text": {"num_layers": 4}}, set in a config file; the command line can change the
+         keys the file sets, e.g. --config.model.overrides.text.vocab_size=N for the demo), or
+         init_checkpoint (Orbax) / init_hf_dir (safetensors), whose config.json gives the
+         architecture; init_seed draws the random weights (default: train.seed)
   optim  `OptimConfig`      run   `RunOptions` (compute dtype, attention backend, remat)
   step   `StepConfig` (gradient accumulation, loss chunk)
   data   the input pipeline plus `RecordOptions` (pixel budgets, video sampling, grounding)
