@@ -86,14 +86,17 @@ def plan(hf_dir: str) -> Plan:
             f = tensors.file(name)
             where, shape, dtype = f"{f.path}: tensor {name!r}", f.shape(name), f.dtype(name)
             if shape != rule.hf_shape(cfg):
-                raise ConversionError(f"{where}: shape {shape}, but {cfg_file} implies "
-                                      f"{rule.hf_shape(cfg)}")  # fmt: skip
+                raise ConversionError(
+                    f"{where}: shape {shape}, but {cfg_file} implies {rule.hf_shape(cfg)}"
+                )
             if dtype not in SOURCE_DTYPES:
-                raise ConversionError(f"{where}: unsupported dtype {dtype} (expected bfloat16, "
-                                      "float16 or float32)")  # fmt: skip
+                raise ConversionError(
+                    f"{where}: unsupported dtype {dtype} (expected bfloat16, float16 or float32)"
+                )
             if dtype != tensors.file(src[0]).dtype(src[0]):
-                raise ConversionError(f"{where}: dtype {dtype} differs from {src[0]!r}; pick "
-                                      "one with --dtype")  # fmt: skip
+                raise ConversionError(
+                    f"{where}: dtype {dtype} differs from {src[0]!r}; pick one with --dtype"
+                )
         names[rule.path], dtypes[rule.path] = src, tensors.file(src[0]).dtype(src[0])
     return Plan(hf_dir, cfg, tensors, names, dtypes)
 
@@ -192,24 +195,36 @@ def _verify(p: Plan, params_dir: str, dtypes: dict) -> None:
     for path, dtype in dtypes.items():
         rule, arr = _rule(path), reader.array(path)
         if tuple(arr.shape) != stacked_shape(rule, p.cfg) or reader.dtype(path) != dtype:
-            raise ConversionError(f"{params_dir}: parameter {path} reads back as "
-                                  f"{tuple(arr.shape)} {reader.dtype(path)}")  # fmt: skip
+            raise ConversionError(
+                f"{params_dir}: parameter {path} reads back as "
+                f"{tuple(arr.shape)} {reader.dtype(path)}"
+            )
         idx, make, _ = next(slabs(p, rule, dtype, align=arr.chunk_layout.write_chunk.shape))
         if not same_bytes(make(), arr[idx].read().result()):
-            raise ConversionError(f"{params_dir}: parameter {path}{list(idx)} reads "
-                                  f"back different from {p.names[path][0]!r}")  # fmt: skip
+            raise ConversionError(
+                f"{params_dir}: parameter {path}{list(idx)} reads "
+                f"back different from {p.names[path][0]!r}"
+            )
 
 
-def convert(hf_dir: str, output_dir: str, *, dtype: str = "keep", overwrite: bool = False,
-            progress: bool = True) -> str:  # fmt: skip
+def convert(
+    hf_dir: str,
+    output_dir: str,
+    *,
+    dtype: str = "keep",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
     """Converts; returns the absolute output directory. Raises `ConversionError`."""
     hf_dir, output_dir = os.path.abspath(hf_dir), os.path.abspath(output_dir)
     if os.path.lexists(output_dir) and not overwrite:  # fail before reading anything
         raise ConversionError(f"{output_dir}: already exists; pass --overwrite to replace it")
     p = plan(hf_dir)
     dtypes = {path: out_dtype(dtype, d) for path, d in p.dtypes.items()}
-    sizes = {path: int(np.prod(stacked_shape(_rule(path), p.cfg))) * d.itemsize
-             for path, d in dtypes.items()}  # fmt: skip
+    sizes = {
+        path: int(np.prod(stacked_shape(_rule(path), p.cfg))) * d.itemsize
+        for path, d in dtypes.items()
+    }
     total_tensors = sum(len(v) for v in p.names.values())
     with atomic_output_dir(output_dir, overwrite=overwrite, source=hf_dir) as tmp:
         check_free_space(tmp, sum(sizes.values()))

@@ -84,15 +84,25 @@ def shard_plan(sizes: list[int], max_bytes: int) -> list[int]:
     return out
 
 
-def write_release(out_dir: str, cfg: ModelConfig, tensors: list[tuple[str, object]], *,
-                  max_shard_bytes: int, extra_config: dict | None = None) -> list[str]:  # fmt: skip
+def write_release(
+    out_dir: str,
+    cfg: ModelConfig,
+    tensors: list[tuple[str, object]],
+    *,
+    max_shard_bytes: int,
+    extra_config: dict | None = None,
+) -> list[str]:
     """Writes config.json and the safetensors files (+ index when sharded) of `tensors`
     ((released name, array or LazyTensor), in order); returns the file names."""
-    shard_of = shard_plan([int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                           for _, a in tensors], max_shard_bytes)  # fmt: skip
+    shard_of = shard_plan(
+        [int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for _, a in tensors], max_shard_bytes
+    )
     n = shard_of[-1] + 1 if tensors else 1
-    files = (["model.safetensors"] if n == 1
-             else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)])  # fmt: skip
+    files = (
+        ["model.safetensors"]
+        if n == 1
+        else [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
+    )
     for k, fname in enumerate(files):
         part = {name: a for (name, a), s in zip(tensors, shard_of, strict=True) if s == k}
         write_safetensors(os.path.join(out_dir, fname), part, metadata={"format": "pt"})
@@ -167,16 +177,24 @@ def _verify(out_dir: str, cfg: ModelConfig, tensors, blocks: _Blocks) -> None:
     for rule, layer, name in expected_names(cfg):
         f, w = written.file(name), want[name]
         if f.shape(name) != w.shape or f.dtype(name) != w.dtype:
-            raise ConversionError(f"{f.path}: tensor {name!r} reads back as {f.shape(name)} "
-                                  f"{f.dtype(name)}")  # fmt: skip
+            raise ConversionError(
+                f"{f.path}: tensor {name!r} reads back as {f.shape(name)} {f.dtype(name)}"
+            )
         sampled = layer == 0 or (layer is None and w.nbytes <= VERIFY_BYTES)
         if sampled and not same_bytes(blocks.hf(rule, layer, cfg, w.dtype), written.read(name)):
             raise ConversionError(f"{f.path}: tensor {name!r} differs from the checkpoint")
 
 
-def export(checkpoint: str, output_dir: str, *, max_shard_size: str | int = "5GB",
-           dtype: str = "keep", overwrite: bool = False, progress: bool = True,
-           hf_assets: str | None = None) -> str:  # fmt: skip
+def export(
+    checkpoint: str,
+    output_dir: str,
+    *,
+    max_shard_size: str | int = "5GB",
+    dtype: str = "keep",
+    overwrite: bool = False,
+    progress: bool = True,
+    hf_assets: str | None = None,
+) -> str:
     """Exports; returns the absolute output directory. Raises `ConversionError`."""
     checkpoint, output_dir = os.path.abspath(checkpoint), os.path.abspath(output_dir)
     if os.path.lexists(output_dir) and not overwrite:  # fail before reading anything
@@ -197,8 +215,9 @@ def export(checkpoint: str, output_dir: str, *, max_shard_size: str | int = "5GB
     torch_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else "float32"
     with atomic_output_dir(output_dir, overwrite=overwrite, source=checkpoint) as tmp:
         check_free_space(tmp, bar.total_bytes)
-        write_release(tmp, cfg, tensors, max_shard_bytes=max_bytes,
-                      extra_config={"torch_dtype": torch_dtype})  # fmt: skip
+        write_release(
+            tmp, cfg, tensors, max_shard_bytes=max_bytes, extra_config={"torch_dtype": torch_dtype}
+        )
         bar.close()
         _verify(tmp, cfg, tensors, blocks)
         copy_assets(os.path.join(os.path.dirname(reader.dir), ASSETS_DIR), tmp)
@@ -212,8 +231,14 @@ def main(argv) -> None:
     del argv
     f = flags.FLAGS
     require_flags("checkpoint", "output_dir")
-    out = export(f.checkpoint, f.output_dir, max_shard_size=f.max_shard_size, dtype=f.dtype,
-                 overwrite=f.overwrite, hf_assets=f.hf_assets)  # fmt: skip
+    out = export(
+        f.checkpoint,
+        f.output_dir,
+        max_shard_size=f.max_shard_size,
+        dtype=f.dtype,
+        overwrite=f.overwrite,
+        hf_assets=f.hf_assets,
+    )
     print(json.dumps({"output_dir": out}))
 
 
