@@ -24,15 +24,17 @@ from qwen25vl_jax.data.packing import Bucket, assemble_example
 from qwen25vl_jax.data.pipeline_counts import new_counts
 from qwen25vl_jax.data.window_plan import plan_window
 
-PAD_ID = 151643  # <|endoftext|>
-
 
 class TooManyBadRecords(InputError):
     """So many consecutive records were bad that the data (or its media root) must be wrong."""
 
 
-def empty_example(bucket: Bucket, cfg: ModelConfig, pad_id: int = PAD_ID) -> dict[str, np.ndarray]:
-    """A packed example with no sample (segment ids 0, no loss): fills a batch a window cannot."""
+def empty_example(
+    bucket: Bucket, cfg: ModelConfig, pad_id: int | None = None
+) -> dict[str, np.ndarray]:
+    """A packed example with no sample (segment ids 0, no loss): fills a batch a window cannot.
+    pad_id: default the model's <|endoftext|> (`bos_token_id`), in range for its vocabulary."""
+    pad_id = cfg.bos_token_id if pad_id is None else pad_id
     length, n = bucket.seq_len, bucket.num_slots
     return {
         "tokens": np.full(length, pad_id, np.int32),
@@ -181,9 +183,10 @@ class PackIterDataset(grain.IterDataset):
     def __init__(self, parent: grain.IterDataset, lookup: grain.MapDataset, *, cfg: ModelConfig,
                  buckets: Sequence[Bucket], batch_size: int, lookahead: int,
                  min_fill: float = 0.97, max_carry: int | None = None, max_age: int = 4,
-                 pad_id: int = PAD_ID, max_consecutive_bad: int = 1000):  # fmt: skip
+                 pad_id: int | None = None, max_consecutive_bad: int = 1000):  # fmt: skip
         super().__init__(parent)
-        self.lookup, self.cfg, self.buckets, self.pad_id = lookup, cfg, tuple(buckets), pad_id
+        self.lookup, self.cfg, self.buckets = lookup, cfg, tuple(buckets)
+        self.pad_id = cfg.bos_token_id if pad_id is None else pad_id  # the model's <|endoftext|>
         self.batch_size, self.lookahead, self.min_fill = batch_size, lookahead, min_fill
         self.max_carry = lookahead if max_carry is None else max_carry
         self.max_age, self.max_consecutive_bad = max_age, max(1, max_consecutive_bad)

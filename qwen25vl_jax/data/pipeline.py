@@ -41,7 +41,7 @@ import grain
 
 from qwen25vl_jax.cli_errors import InputError
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.pack_iterator import PAD_ID, PackIterator, PackIterDataset
+from qwen25vl_jax.data.pack_iterator import PackIterator, PackIterDataset
 from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.preprocess import Preprocess
 from qwen25vl_jax.data.record_sources import RecordSource
@@ -85,7 +85,7 @@ class PipelineConfig:
     oversize: Literal["truncate", "drop"] = "truncate"
     on_bad_record: Literal["raise", "skip"] = "raise"
     max_consecutive_bad: int = 1000
-    pad_id: int = PAD_ID
+    pad_id: int | None = None  # None: the model's <|endoftext|> (ModelConfig.bos_token_id)
     records: RecordOptions = RecordOptions()
     tokenizer_path: str | None = None
 
