@@ -25,6 +25,7 @@ from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.pipeline_counts import skip_metrics, skip_warning
 from qwen25vl_jax.dataclass_dict import from_plain
 from qwen25vl_jax.model.options import RunOptions
+from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 from qwen25vl_jax.sharding import make_mesh
 from qwen25vl_jax.train.metrics import MetricWriter, Throughput, batch_flops, peak_flops
 from qwen25vl_jax.train.optimizer import OptimConfig
@@ -39,6 +40,7 @@ flags.DEFINE_integer("process_id", None, "this process's index (multi-host)")
 flags.DEFINE_enum("cpu_collectives", None, ["gloo", "mpi"], "CPU collectives for multi-process")
 flags.DEFINE_boolean("distributed", False, "call jax.distributed.initialize() (auto-detect)")
 flags.DEFINE_float("peak_tflops", None, "per-device peak TFLOP/s for MFU where not known")
+define_precision_flag("default")  # compute is bfloat16 for every preset: float32 passes cost
 FLAGS = flags.FLAGS
 
 
@@ -212,6 +214,7 @@ def main(argv):
     if FLAGS.config is None:
         raise InputError("--config is required, e.g. --config=experiments/configs/sft.py:7b")
     require_flags("workdir")
+    set_matmul_precision(FLAGS.matmul_precision)
     init_distributed()
     np.set_printoptions(precision=6)
     train(FLAGS.config, FLAGS.workdir)

@@ -106,6 +106,7 @@ def files(tiny, tmp_path_factory):
         convs = [parse_record(decode_record(ln, "t"), "t").messages for ln in src]
     tok = build_small_tokenizer(chat_texts(convs))
     f["tok"] = str(save_small_tokenizer(tok, d / "tok"))
+    f["vocab"] = str(tok.get_vocab_size())
     overrides = demo.get_config().model.overrides.to_dict()  # the demo's model, one layer
     overrides["text"].update(vocab_size=tok.get_vocab_size(), num_layers=1)
     cfg = ModelConfig.preset("tiny", overrides)
@@ -252,6 +253,17 @@ def cases(f) -> dict[str, Case]:
             *train("wen", f"--config.data.paths={f['worker_bad']}",
                    "--config.data.bad_records=raise", "--config.data.workers=1"),
             r"^record .*worker_bad\.jsonl:\d: unknown_role: turn 0 has role 'bogus'$", w("wen")),
+        # a run that skips bad records: counted by reason, logged, warned about; exit 0
+        "train_skips_are_logged": Case("experiments.train", (
+            f"--workdir={w('skips')}", "--config=experiments/configs/demo.py",
+            f"--config.model.overrides.text.vocab_size={f['vocab']}",
+            "--config.model.overrides.text.num_layers=1", f"--config.data.tokenizer_dir={f['tok']}",
+            f"--config.data.paths={f['train_jsonl']},{f['all_bad']}",
+            f"--config.data.media_root={f['media_root']}", "--config.data.workers=0",
+            "--config.data.bad_records=skip",
+            "--config.train.steps=1", "--config.train.log_every=1", "--config.train.batch_size=2"),
+            r"% of the \d+ records read were skipped \(warning above 1%\): "
+            r"\{'unknown_role': \d+", status=0, timeout=HANG_LIMIT_S),
         # eval
         "eval_no_checkpoint": Case("experiments.eval", (f"--data={f['eval_jsonl']}",),
                                    r"--checkpoint is required"),
@@ -322,8 +334,8 @@ def cases(f) -> dict[str, Case]:
 
 
 CASE_NAMES = sorted(cases(dict.fromkeys(
-    ["hf", "d", "tok", "ckpt", "media_root", "all_bad", "worker_bad", "eval_jsonl", "eval_bad",
-     "eval_missing", "train_jsonl", "config_only", "good", "corrupt_png", "corrupt_mp4",
+    ["hf", "d", "tok", "ckpt", "media_root", "all_bad", "worker_bad", "vocab", "eval_jsonl",
+     "eval_bad", "eval_missing", "train_jsonl", "config_only", "good", "corrupt_png", "corrupt_mp4",
      "good_png", "ids_big", "img_no_grid", "a_file", "not_npz", "pickled", "ids_1d",
      "ids_float", "ids_neg", "mask_shape", "unknown", "vid_no_grid", "grid_no_pix",
      "pix_width", "pix_rows", "tokens_grid"], "")))  # fmt: skip
@@ -345,7 +357,27 @@ def results(files):
     table = cases(files)
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         futures = {name: pool.submit(run_case, case) for name, case in table.items()}
-        return {name: (table[name], *fut.result()) for name, fut in futures.items()}
+        out = {name: (table[name], *fut.result()) for name, fut in futures.items()}
+    if os.environ.get("CLI_ERRORS_MATRIX"):  # BUILD_NOTES' table: case -> the line printed
+        write_matrix(out, files["d"], os.environ["CLI_ERRORS_MATRIX"])
+    return out
+
+
+def write_matrix(results, tmp: str, path: str) -> None:
+    """A markdown table of every case: tool, the bad input (case name), exit status and the
+    error line printed (temporary paths shortened to "…")."""
+    rows = ["| case | tool | exit | message |", "| --- | --- | --- | --- |"]
+    for name, (case, proc, _) in sorted(results.items()):
+        lines = [ln for ln in error_lines(proc.stderr) if ": error: " in ln] if proc else []
+        if case.status == 0 and proc:
+            lines = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                     if re.search(case.message, ln)]  # fmt: skip
+        shown = (lines[0] if lines else "(hang)").replace(tmp, "…").replace(ROOT, ".")
+        shown = re.sub(r"/tmp/pytest-of-\w+/pytest-\d+/\w+", "…", shown).replace("|", "\\|")
+        code = proc.returncode if proc else "-"
+        rows.append(f"| {name} | {case.module.rsplit('.', 1)[-1]} | {code} | `{shown}` |")
+    with open(path, "w") as f:
+        f.write("\n".join(rows) + "\n")
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -380,6 +412,23 @@ def test_eval_skip_is_in_the_report(results, files):
     assert [s["reason"] for s in report["skipped"]] == ["missing_media"]
     assert files["eval_missing"] in report["skipped"][0]["detail"]
     assert len(report["samples"]) == 2  # the other two records were evaluated
+
+
+def test_skipped_records_in_metrics_tensorboard_and_progress_line(results, files):
+    """`train_skips_are_logged`: skipped counts by reason in metrics.jsonl, in TensorBoard's
+    event file and on the progress line."""
+    case, proc, _ = results["train_skips_are_logged"]
+    assert proc is not None and proc.returncode == 0, proc and proc.stderr[-3000:]
+    workdir = os.path.join(files["d"], "skips")
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert logged[-1]["skipped_unknown_role"] >= 1
+    assert logged[-1]["skipped_records"] == logged[-1]["skipped_unknown_role"]  # no other reason
+    assert 0 < logged[-1]["skipped_fraction"] < 1
+    events = os.listdir(os.path.join(workdir, "tensorboard"))
+    with open(os.path.join(workdir, "tensorboard", events[0]), "rb") as f:
+        assert b"train/skipped_unknown_role" in f.read()
+    assert re.search(r"\[train\] step 1: .*skipped_records \d", proc.stdout), proc.stdout
 
 
 def test_global_batch_not_divisible_by_processes(monkeypatch):
