@@ -139,9 +139,11 @@ def test_decoder_layer(tiny):
     ref = tiny.torch.model.language_model.layers[0](
         x, attention_mask=additive, position_embeddings=(cos, sin)
     )
-    ours = decoder_layer(
+    segment_ids = np.ones((b, length), np.int32)
+    segment_ids[1, :4] = 0  # the same four left-pad keys, as segment ids
+    ours, _ = decoder_layer(
         layer(tiny.jax.decoder.layers, 0), jnp.asarray(x.numpy()), jnp.asarray(cos.numpy()),
-        jnp.asarray(sin.numpy()), jnp.asarray(causal), cfg=t, backend="xla",
+        jnp.asarray(sin.numpy()), jnp.asarray(segment_ids), cfg=t, backend="xla",
     )  # fmt: skip
     ref = ref[0] if isinstance(ref, tuple) else ref
     close(np.asarray(ours)[causal.any(-1)], ref.detach().numpy()[causal.any(-1)])

@@ -32,10 +32,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.inference.kv_cache import KVCache, decode_layers, init_cache, prefill_layers
+from qwen25vl_jax.inference.kv_cache import KVCache, init_cache
 from qwen25vl_jax.inference.sampling import Sampling, sample
 from qwen25vl_jax.model.inputs import ModelInputs, inputs_from_hf
-from qwen25vl_jax.model.layers import rms_norm
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.sharding import logical_to_spec, state_shardings
@@ -155,12 +154,6 @@ class _Static:
     opts: RunOptions
 
 
-def _final_logits(model: Qwen25VL, h: jax.Array, opts: RunOptions) -> jax.Array:
-    """h: [B, 1, D] last-layer output -> float32 logits [B, V] (final norm as the decoder)."""
-    norm = model.decoder.final_norm[...].astype(opts.dtype)
-    return model.decoder.logits(rms_norm(h, norm, model.cfg.text.rms_norm_eps))[:, 0]
-
-
 def _record(ds: DecodeState, logits: jax.Array, st: _Static) -> DecodeState:
     """Chooses token `ds.step` from logits [B, V], writes it and advances the step."""
     tok = sample(logits, jax.random.fold_in(ds.key, ds.step), st.sampling)
@@ -187,9 +180,8 @@ def _prefill(graphdef, state, inputs, deltas, num_real, key, stop, pad, *, cache
     cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
                      sections=t.mrope_section)  # fmt: skip
     cache = init_cache(t, b, cache_size, cache_dtype)
-    h, cache = prefill_layers(model.decoder.layer_params(opts.dtype), x, cos, sin,
-                              inputs.segment_ids, cache, cfg=t, backend=opts.backend)  # fmt: skip
-    logits = _final_logits(model, h[:, -1:], opts)  # left padding: the last column is real
+    h, cache = model.decoder(x, cos, sin, inputs.segment_ids, opts, cache=cache)
+    logits = model.decoder.logits(h[:, -1:])[:, 0]  # left padding: the last column is real
     ds = DecodeState(
         cache=cache,
         tokens=jnp.full((b, out_len), pad, jnp.int32),
@@ -212,9 +204,10 @@ def _step_body(model: Qwen25VL, ds: DecodeState, st: _Static) -> DecodeState:
     x = model.decoder.embed_tokens(ds.last[:, None], dtype=opts.dtype)  # [B, 1, D]
     positions = jnp.broadcast_to((ds.pos + ds.deltas)[None, :, None], (3, x.shape[0], 1))
     cos, sin = mrope(positions, head_dim=t.head_dim, theta=t.rope_theta, sections=t.mrope_section)
-    h, cache = decode_layers(model.decoder.layer_params(opts.dtype), x, cos, sin, ds.cache, cfg=t)
+    segment_ids = jnp.ones(ds.last.shape + (1,), jnp.int32)  # [B, 1]: every fed token is real
+    h, cache = model.decoder(x, cos, sin, segment_ids, opts, cache=ds.cache)
     ds = dataclasses.replace(ds, cache=cache, pos=ds.pos + 1)
-    return _record(ds, _final_logits(model, h, opts), st)
+    return _record(ds, model.decoder.logits(h)[:, 0], st)
 
 
 def _decode_step(graphdef, state, ds: DecodeState, *, st: _Static) -> DecodeState:

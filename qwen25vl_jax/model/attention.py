@@ -1,64 +1,111 @@
-"""Scaled dot-product attention behind one backend switch.
+"""Scaled dot-product attention from segment ids, behind one backend switch.
 
-`xla`: plain einsums, softmax in float32 (any platform; the parity tests pin it).
+Every attention in the model is one call: queries and keys carry *segment ids* (0 = padding,
+1, 2, ... = packed samples, or one per image / video frame in the ViT's full blocks) and a
+causal flag; a query attends to the keys of its own non-zero segment (and, when causal, at or
+before its own slot). No caller builds a mask. Each backend builds what it needs:
+
+`xla`: einsums with float32 logits and softmax under a boolean [B, T, S] mask built here (any
+    platform; the parity reference and the CPU default).
 `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")` (NVIDIA GPUs, bf16/fp16).
-TPU splash attention plugs in here as a third branch without touching the callers.
+    Its public API has no segment ids, so this backend builds the same boolean mask as `xla`
+    and hands it to cuDNN: it *does* materialise [B, 1, T, S] (a warning says so at trace
+    time). Use it for short rows; packed long rows want `pallas_gpu`.
+`pallas_gpu`: our Pallas/Triton flash kernel with segment ids and GQA (`kernels/gpu_flash.py`);
+    never materialises [T, S]. Interpreted (slowly) off GPUs, which is how the CPU tests run it.
+`splash`: TPU splash attention with segment ids and a causal mask (`kernels/tpu_splash.py`);
+    never materialises [T, S]. Interpreted off TPUs.
+
+Query rows of segment 0 (padding) have no key to attend to: `xla` and `cudnn` return the mean
+of the values there (the finite mask constant), the kernels return zeros. Nothing reads them.
+A call whose queries are not the keys themselves (T != S: a decode step against the cache) is
+linear in S, and every backend computes it with the `xla` maths.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e30  # finite: a fully masked (pad) row gives a uniform average instead of NaN
+NEG_INF = -1e30  # the one mask constant: finite, so a row with no key averages instead of NaN
 
 
 class Backend(enum.StrEnum):
     XLA = "xla"
     CUDNN = "cudnn"
+    PALLAS_GPU = "pallas_gpu"
+    SPLASH = "splash"
 
 
 def attention(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    mask: jax.Array,
     *,
+    q_segments: jax.Array,
+    kv_segments: jax.Array,
+    causal: bool,
     scale: float,
+    q_offset: int | jax.Array | None = None,
+    kv_heads_major: bool = False,
     backend: Backend | str = Backend.XLA,
 ) -> jax.Array:
-    """Grouped-query attention.
+    """Grouped-query attention of q [B, T, N, H] over k, v [B, S, K, H] (N % K == 0).
 
-    q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0; mask: bool [B, T, S] (True = attend).
-    Returns [B, T, N, H] in q's dtype.
+    q_segments: int [B, T]; kv_segments: int [B, S] (0 = padding: never attended to).
+    causal: a query at slot `q_offset + t` attends to key slots <= it; q_offset: int or traced
+    int32[] (default S - T: the queries are the last T keys). kv_heads_major: k, v are laid
+    out [B, K, S, H] (the KV cache's layout). Returns [B, T, N, H] in q's dtype.
     """
     backend = Backend(backend)
-    b, t, n, h = q.shape
-    kh = k.shape[2]
-    if backend == Backend.CUDNN:
+    t, s = q.shape[1], k.shape[2 if kv_heads_major else 1]
+    if backend in (Backend.PALLAS_GPU, Backend.SPLASH) and t == s and not kv_heads_major:
+        if backend == Backend.PALLAS_GPU:
+            from qwen25vl_jax.model.kernels.gpu_flash import flash_attention
+        else:
+            from qwen25vl_jax.model.kernels.tpu_splash import flash_attention
+        return flash_attention(
+            q, k, v, q_segments=q_segments, kv_segments=kv_segments, causal=causal, scale=scale
+        )
+    mask = segment_mask(q_segments, kv_segments, causal=causal, q_offset=q_offset)
+    if backend == Backend.CUDNN and not kv_heads_major:
+        logging.warning("cudnn attention: a [B, 1, %d, %d] mask is built from segment ids", t, s)
         return jax.nn.dot_product_attention(
             q, k, v, mask=mask[:, None], scale=scale, implementation="cudnn"
         )
-    # heads-major layout: both einsums become plain batched matmuls over (B, K); with the
-    # sequence-major layout XLA CPU inserts transposes around them (2x slower, measured)
-    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
-    logits = jnp.einsum("BKGTH,BKSH->BKGTS", qg, k.transpose(0, 2, 1, 3),
-                        preferred_element_type=jnp.float32)  # fmt: skip
-    logits = jnp.where(mask[:, None, None], logits, _NEG)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v.transpose(0, 2, 1, 3))  # [B, K, G, T, H]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+    if not kv_heads_major:
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    return masked_attention(q, k, v, mask, scale=scale)
 
 
-def segment_mask(q_segments: jax.Array, k_segments: jax.Array, *, causal: bool) -> jax.Array:
-    """bool [B, T, S]: same non-zero segment (0 = padding), and key <= query when causal.
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float):
+    """The `xla` maths. q: [B, T, N, H]; k, v: heads-major [B, K, S, H]; mask: bool [B, T, S].
 
-    q_segments: int [B, T]; k_segments: int [B, S]; causal assumes queries are the last T keys.
+    Heads-major layout: both einsums are plain batched matmuls over (B, K); with the
+    sequence-major layout XLA CPU inserts transposes around them (2x slower, measured).
     """
-    m = (q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] > 0)
+    b, t, n, h = q.shape
+    kh = k.shape[1]
+    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+    logits = jnp.einsum("BKGTH,BKSH->BKGTS", qg, k, preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)  # [B, K, G, T, H]
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
+
+
+def segment_mask(q_segments, kv_segments, *, causal: bool, q_offset=None) -> jax.Array:
+    """bool [B, T, S]: same non-zero segment, and key slot <= query slot when causal.
+
+    q_segments: int [B, T]; kv_segments: int [B, S]; q_offset: the first query's slot
+    (default S - T).
+    """
+    m = (q_segments[:, :, None] == kv_segments[:, None, :]) & (kv_segments[:, None, :] > 0)
     if causal:
-        t, s = q_segments.shape[1], k_segments.shape[1]
-        m &= jnp.arange(t)[:, None] + (s - t) >= jnp.arange(s)[None, :]
+        t, s = q_segments.shape[1], kv_segments.shape[1]
+        offset = s - t if q_offset is None else q_offset
+        m &= jnp.arange(t)[:, None] + offset >= jnp.arange(s)[None, :]
     return m

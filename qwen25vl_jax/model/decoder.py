@@ -55,12 +55,37 @@ def layer_output(p: dict, x: jax.Array, attn: jax.Array, eps: float) -> jax.Arra
     return x + swiglu(y, p["gate_kernel"], p["up_kernel"], p["down_kernel"])
 
 
-def decoder_layer(p: dict, x, cos, sin, mask, *, cfg: TextConfig, backend):
-    """One decoder layer, no cache. x: [B, T, D]; cos, sin: f32 [B, T, H]; mask: bool [B, T, T]."""
+def decoder_layer(
+    p: dict, x, cos, sin, segment_ids, *, cfg: TextConfig, backend, cache=None, layer=None
+):
+    """One decoder layer, used by training, prefill and decode. Returns (x [B, T, D], cache).
+
+    p: one layer's parameters; x: [B, T, D]; cos, sin: float32 [B, T, H]; segment_ids: int
+    [B, T] (0 = padding; attention is causal within each segment).
+    cache: None, or a `KVCache` (inference/kv_cache.py) and `layer` this layer's index in it.
+    The new keys and values are written at the cache's current slot; a prompt (T > 1, written
+    from slot 0) then attends to itself exactly as without a cache, and a decode step (T == 1)
+    attends to every valid cache slot up to its own.
+    """
     y = rms_norm(x, p["input_norm"], cfg.rms_norm_eps)
     q, k, v = qkv_projection(p, y, cos, sin)
-    o = attention(q, k, v, mask, scale=cfg.head_dim**-0.5, backend=backend)
-    return constrain(layer_output(p, x, o, cfg.rms_norm_eps), ACT)
+    shared = dict(q_segments=segment_ids, causal=True, scale=cfg.head_dim**-0.5, backend=backend)
+    if cache is not None:
+        cache = cache.write(layer, k, v)
+    if cache is None or x.shape[1] > 1:
+        o = attention(q, k, v, kv_segments=segment_ids, **shared)
+    else:
+        k_all, v_all = cache.read(layer, q.dtype)  # [B, K, S, H]
+        o = attention(
+            q,
+            k_all,
+            v_all,
+            kv_segments=cache.valid.astype(jnp.int32),
+            q_offset=cache.index,
+            kv_heads_major=True,
+            **shared,
+        )
+    return constrain(layer_output(p, x, o, cfg.rms_norm_eps), ACT), cache
 
 
 class Decoder(nnx.Module):
@@ -82,16 +107,30 @@ class Decoder(nnx.Module):
     def layer_params(self, dtype) -> dict:
         return cast(nnx.to_pure_dict(nnx.state(self.layers)), dtype)
 
-    def __call__(self, x, cos, sin, mask, opts: RunOptions) -> jax.Array:
-        """x: [B, L, D] input embeddings -> final hidden states [B, L, D] (normed)."""
+    def __call__(self, x, cos, sin, segment_ids, opts: RunOptions, cache=None):
+        """The layers and the final norm: (final hidden states [B, T, D] (normed), cache).
+
+        x: [B, T, D] input embeddings; cos, sin: float32 [B, T, H]; segment_ids: int [B, T].
+        cache: None (training, scoring) or a `KVCache` that this call fills from its current
+        slot (a whole prompt, or one token per row) and advances by T.
+        """
         cfg = self.cfg
+        if cache is not None:
+            cache = cache.mark_valid(segment_ids)
 
-        def body(x, p):
-            return decoder_layer(p, x, cos, sin, mask, cfg=cfg, backend=opts.backend), None
+        # the cache rides in the carry: each layer updates its own slots in place
+        def body(carry, xs):
+            x, cache = carry
+            p, layer = xs
+            return decoder_layer(
+                p, x, cos, sin, segment_ids, cfg=cfg, backend=opts.backend, cache=cache, layer=layer
+            ), None
 
-        params = self.layer_params(opts.dtype)
-        x, _ = jax.lax.scan(remat(body, opts.remat), x, params, unroll=opts.unroll)
-        return rms_norm(x, self.final_norm[...].astype(opts.dtype), cfg.rms_norm_eps)
+        xs = (self.layer_params(opts.dtype), jnp.arange(cfg.num_layers, dtype=jnp.int32))
+        (x, cache), _ = jax.lax.scan(remat(body, opts.remat), (x, cache), xs, unroll=opts.unroll)
+        if cache is not None:
+            cache = cache.advance(x.shape[1])
+        return rms_norm(x, self.final_norm[...].astype(opts.dtype), cfg.rms_norm_eps), cache
 
     def logits(self, h: jax.Array) -> jax.Array:
         """h: [B, L, D] -> float32 logits [B, L, V] (matmul accumulates in float32)."""

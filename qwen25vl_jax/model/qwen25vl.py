@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.model.attention import segment_mask
 from qwen25vl_jax.model.decoder import Decoder
 from qwen25vl_jax.model.inputs import ModelInputs
 from qwen25vl_jax.model.options import RunOptions
@@ -42,8 +41,7 @@ class Qwen25VL(nnx.Module):
         x = self.embed(inputs, opts)
         cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
                          sections=t.mrope_section)  # fmt: skip
-        mask = segment_mask(inputs.segment_ids, inputs.segment_ids, causal=True)
-        return self.decoder(x, cos, sin, mask, opts)
+        return self.decoder(x, cos, sin, inputs.segment_ids, opts)[0]
 
     def __call__(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:
         """float32 logits [B, L, vocab]."""

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qwen25vl_jax.config import VisionConfig
-from qwen25vl_jax.model.attention import attention, segment_mask
+from qwen25vl_jax.model.attention import attention
 from qwen25vl_jax.model.layers import cast, param, project, rms_norm, swiglu
 from qwen25vl_jax.model.merger import PatchMerger
 from qwen25vl_jax.model.options import RunOptions
@@ -63,16 +63,14 @@ def vision_block(p: dict, x, cos, sin, segment_ids, *, full: bool, cfg: VisionCo
     qkv = project(y, p["qkv_kernel"]) + p["qkv_bias"]  # [B, N, 3 (q, k, v), heads, head_dim]
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, heads, head_dim]
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    scale = cfg.head_dim**-0.5
+    opts = dict(causal=False, scale=cfg.head_dim**-0.5, backend=backend)
     if full:
-        mask = segment_mask(segment_ids, segment_ids, causal=False)
-        o = attention(q, k, v, mask, scale=scale, backend=backend)
+        o = attention(q, k, v, q_segments=segment_ids, kv_segments=segment_ids, **opts)
     else:
         s = cfg.window_patches
         win = lambda t: t.reshape(b * n // s, s, *t.shape[2:])  # [B*W, S, ...]
         seg = win(segment_ids)
-        mask = segment_mask(seg, seg, causal=False)
-        o = attention(win(q), win(k), win(v), mask, scale=scale, backend=backend)
+        o = attention(win(q), win(k), win(v), q_segments=seg, kv_segments=seg, **opts)
         o = o.reshape(b, n, *o.shape[2:])
     x = x + project(o, p["proj_kernel"], in_axes=2) + p["proj_bias"]
     y = rms_norm(x, p["norm2"], eps)

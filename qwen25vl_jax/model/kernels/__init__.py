@@ -1,0 +1,1 @@
+"""Attention kernels behind `model.attention`'s backend switch (imported lazily)."""
