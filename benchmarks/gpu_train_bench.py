@@ -70,8 +70,8 @@ def _torch_step_fn(torch_model, cfg, arrays, supervised, device: str):
     """One transformers training step: float32 masters, bf16 autocast on GPU, sdpa, AdamW."""
     torch_model.to(device).train()
     torch_model.set_attn_implementation("sdpa")
-    adam = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0,
-                             fused=device == "cuda")  # fmt: skip
+    fused = device == "cuda"
+    adam = torch.optim.AdamW(torch_model.parameters(), lr=1e-5, weight_decay=0.0, fused=fused)
     kw = {k: v.to(device) for k, v in hf_inputs_to_torch(cfg, arrays).items()}
     grids = {k: kw.get(k) for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
     with torch.no_grad():
@@ -93,6 +93,18 @@ def _torch_step_fn(torch_model, cfg, arrays, supervised, device: str):
     return step
 
 
+def _time_ours(trainer: Trainer, params: dict, batch, repeats: int) -> float:
+    """Median seconds of our jitted train step (state donated, as in training)."""
+    state = [trainer.init_state(params)]
+    gbatch = trainer.global_batch(batch)
+
+    def step():
+        state[0], metrics = trainer._step(state[0], gbatch)
+        jax.block_until_ready(metrics)
+
+    return median_seconds(step, repeats)
+
+
 def main(argv):
     del argv
     on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
@@ -107,42 +119,40 @@ def main(argv):
         model, _ = load_hf(d)
     from flax import nnx
 
-    params = flatten(nnx.to_pure_dict(nnx.state(model)))
+    # host copies: each step configuration starts from fresh device arrays (the step donates)
+    params = jax.tree.map(np.asarray, flatten(nnx.to_pure_dict(nnx.state(model))))
     del model
     batch = batch_from_hf(cfg, arrays, supervised)
     flops = batch_flops(cfg, batch, optim)["total"]
     tokens = float(arrays["attention_mask"].sum())
     peak = FLAGS.peak_tflops * 1e12
-    print(f"{'DRY RUN on ' + jax.default_backend() if dry else jax.devices()[0].device_kind}: "
-          f"1 row x {arrays['input_ids'].shape[1]} tokens, "
-          f"{int((np.asarray(batch.vit_segment_ids) > 0).sum())} ViT patches, "
-          f"decoder {cfg.text.num_layers} layers x {cfg.text.hidden_size}, "
-          f"ViT {cfg.vision.depth} x {cfg.vision.hidden_size}; "
-          f"analytic step {flops / 1e12:.3f} TFLOP")  # fmt: skip
+    where = f"DRY RUN on {jax.default_backend()}" if dry else jax.devices()[0].device_kind
+    patches = int((np.asarray(batch.vit_segment_ids) > 0).sum())
+    print(
+        f"{where}: 1 row x {arrays['input_ids'].shape[1]} tokens, {patches} ViT patches, "
+        f"decoder {cfg.text.num_layers} x {cfg.text.hidden_size}, "
+        f"ViT {cfg.vision.depth} x {cfg.vision.hidden_size}; analytic step {flops / 1e12:.3f} TFLOP"
+    )
+    dtype = "float32" if dry else "bfloat16"  # XLA CPU has no fast bf16 matmul
+    repeats = min(FLAGS.repeats, 2) if dry else FLAGS.repeats
+    if dry:
+        torch.set_num_threads(1)  # the shared CPU: several torch threads collapse
     mesh = make_mesh(devices=jax.devices()[:1])
     results = []
     for backend in backends:
         for remat in remats:
             name = f"ours {backend:10s} remat {remat:5s}"
+            step_cfg = StepConfig(dtype=dtype, backend=backend, remat=remat)
             try:
-                trainer = Trainer(cfg, optim, StepConfig(dtype="bfloat16", backend=backend,
-                                                         remat=remat), mesh)  # fmt: skip
-                state = [trainer.init_state(params)]
-                gbatch = trainer.global_batch(batch)
-
-                def step(trainer=trainer, state=state, gbatch=gbatch):
-                    state[0], metrics = trainer._step(state[0], gbatch)
-                    jax.block_until_ready(metrics)
-
-                results.append((name, median_seconds(step, FLAGS.repeats)))
-                del state[0]
+                seconds = _time_ours(Trainer(cfg, optim, step_cfg, mesh), params, batch, repeats)
+                results.append((name, seconds))
             except Exception as e:  # an OOM or an unsupported kernel: report it, go on
                 print(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
     if FLAGS.torch:
         device = "cpu" if dry else "cuda"
         label = "transformers sdpa" + (" fp32" if dry else " bf16 autocast")
         torch_step = _torch_step_fn(torch_model, cfg, arrays, supervised, device)
-        results.append((label, median_seconds(torch_step, FLAGS.repeats)))
+        results.append((label, median_seconds(torch_step, repeats)))
     reference = results[-1][1] if FLAGS.torch else None
     for name, seconds in results:
         mfu = "" if dry else f"  MFU {flops / seconds / peak:6.1%}"
