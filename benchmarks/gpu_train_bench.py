@@ -30,10 +30,11 @@ from benchmarks.common import bench_config, median_seconds  # noqa: E402
 from qwen25vl_jax.config import ModelConfig  # noqa: E402
 from qwen25vl_jax.data.batch import batch_from_hf  # noqa: E402
 from qwen25vl_jax.hf_weights import load_hf  # noqa: E402
+from qwen25vl_jax.model.options import RunOptions  # noqa: E402
 from qwen25vl_jax.sharding import make_mesh  # noqa: E402
 from qwen25vl_jax.train.metrics import batch_flops  # noqa: E402
-from qwen25vl_jax.train.optimizer import OptimConfig, flatten  # noqa: E402
-from qwen25vl_jax.train.trainer import StepConfig, Trainer  # noqa: E402
+from qwen25vl_jax.train.optimizer import OptimConfig  # noqa: E402
+from qwen25vl_jax.train.trainer import Trainer  # noqa: E402
 from tests.cases import make_case  # noqa: E402
 from tests.hf_reference import build_hf_model, hf_inputs_to_torch  # noqa: E402
 
@@ -120,7 +121,7 @@ def main(argv):
     from flax import nnx
 
     # host copies: each step configuration starts from fresh device arrays (the step donates)
-    params = jax.tree.map(np.asarray, flatten(nnx.to_pure_dict(nnx.state(model))))
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
     del model
     batch = batch_from_hf(cfg, arrays, supervised)
     flops = batch_flops(cfg, batch, optim)["total"]
@@ -142,9 +143,9 @@ def main(argv):
     for backend in backends:
         for remat in remats:
             name = f"ours {backend:10s} remat {remat:5s}"
-            step_cfg = StepConfig(dtype=dtype, backend=backend, remat=remat)
+            opts = RunOptions(dtype=dtype, backend=backend, remat=remat)
             try:
-                seconds = _time_ours(Trainer(cfg, optim, step_cfg, mesh), params, batch, repeats)
+                seconds = _time_ours(Trainer(cfg, optim, opts, mesh), params, batch, repeats)
                 results.append((name, seconds))
             except Exception as e:  # an OOM or an unsupported kernel: report it, go on
                 print(f"{name}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
