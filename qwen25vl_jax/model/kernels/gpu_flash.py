@@ -65,7 +65,7 @@ def _forward_kernel(
     def body(start_k, carry):
         o, m, denom = carry
         ks = pl.ds(start_k * block_k, block_k)
-        qk = plgpu.dot(q, k_ref[ks, :], trans_b=True) * (scale * LOG2E)  # [bq, bk] float32
+        qk = plgpu.dot(q, k_ref[ks, :].T) * (scale * LOG2E)  # [bq, bk] float32
         mask = _mask(q_seg, kseg_ref[ks], q_pos, start_k * block_k + jnp.arange(block_k), causal)
         qk = jnp.where(mask, qk, NEG_INF)
         m_next = jnp.maximum(m, qk.max(axis=-1))
@@ -116,7 +116,7 @@ def _backward_kernel(
     span = b * block + jnp.arange(block)
 
     def probs(q, qs, k_seg, ks_pos, q_pos, k):
-        qk = plgpu.dot(q, k, trans_b=True) * (scale * LOG2E)
+        qk = plgpu.dot(q, k.T) * (scale * LOG2E)
         mask = _mask(qseg_ref[qs], k_seg, q_pos, ks_pos, causal)
         return jnp.where(mask, jnp.exp2(qk - lse_ref[qs][:, None]), 0.0)
 
@@ -128,9 +128,9 @@ def _backward_kernel(
         qs = pl.ds(start_q * block, block)
         q, do = q_ref[qs, :], do_ref[qs, :]
         p = probs(q, qs, k_seg, span, start_q * block + jnp.arange(block), k)
-        dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
-        ds = p * (plgpu.dot(do, v, trans_b=True) - delta_ref[qs][:, None]) * scale
-        return dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True), dv
+        dv = dv + plgpu.dot(p.astype(do.dtype).T, do)
+        ds = p * (plgpu.dot(do, v.T) - delta_ref[qs][:, None]) * scale
+        return dk + plgpu.dot(ds.astype(q.dtype).T, q), dv
 
     zeros = jnp.zeros((block, k_ref.shape[-1]), jnp.float32)
     dk, dv = lax.fori_loop(b if causal else 0, seq_q // block, dkdv, (zeros, zeros))
@@ -144,7 +144,7 @@ def _backward_kernel(
         ks = pl.ds(start_k * block, block)
         k, v = k_ref[ks, :], v_ref[ks, :]
         p = probs(q, qb, kseg_ref[ks], start_k * block + jnp.arange(block), span, k)
-        ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None]) * scale
+        ds = p * (plgpu.dot(do, v.T) - delta[:, None]) * scale
         return dq + plgpu.dot(ds.astype(k.dtype), k)
 
     dq = lax.fori_loop(0, b + 1 if causal else seq_k // block, dq_step, zeros)
