@@ -28,6 +28,7 @@ from qwen25vl_jax.cli_errors import (
 )
 from qwen25vl_jax.data.processor_inputs import check_processor_arrays
 from qwen25vl_jax.loading import LOAD_ERRORS, load_model, read_model_config, read_processor_arrays
+from qwen25vl_jax.model.attention import Backend
 from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 
 FLAGS = flags.FLAGS
@@ -38,7 +39,7 @@ flags.DEFINE_string("checkpoint", None, "Orbax checkpoint directory (from checkp
 flags.DEFINE_string("inputs", None, "processor-format .npz")
 flags.DEFINE_string("output", None, ".npz to write logits, position_ids, rope_deltas")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter and compute dtype")
-flags.DEFINE_enum("backend", "xla", ["xla", "cudnn"], "attention backend")
+flags.DEFINE_enum("backend", "xla", [b.value for b in Backend], "attention backend")
 define_precision_flag("highest")
 
 
