@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from qwen25vl_jax.inference import Generator, Sampling, warp_logits
-from qwen25vl_jax.inference.generate import TRACES, geometric_bucket, prepare_batch
+from qwen25vl_jax.inference import Generator, Sampling, generate, warp_logits
+from qwen25vl_jax.inference.generate import geometric_bucket, prepare_batch
 from tests.cases import CASES, make_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,14 +87,17 @@ def test_one_compile_per_bucket_and_stream_equals_loop(tiny):
     # batch 3: a shape no other test uses, so the first call compiles exactly once
     short = make_case(tiny.cfg, [[20], [11], [5]], seed=5)
     long = make_case(tiny.cfg, [[45], [3], [30]], seed=6)
-    before = dict(TRACES)
-    delta = lambda name: TRACES[name] - before.get(name, 0)
+    # compiles so far of each jitted entry point (jit's cache holds one entry per compile)
+    compiled = lambda: {n: getattr(generate, f"{n}_fn")._cache_size()  # noqa: E731
+                        for n in ("prefill", "decode_step", "decode_loop")}  # fmt: skip
+    before = compiled()
+    delta = lambda name: compiled()[name] - before[name]  # noqa: E731
     out_short = gen.generate(short, max_new_tokens=10, stop_tokens=())
     gen.generate(long, max_new_tokens=30, stop_tokens=(), pad_token=3)  # same bucket
-    assert (delta("prefill"), delta("decode_loop")) == (1, 1), dict(TRACES)
+    assert (delta("prefill"), delta("decode_loop")) == (1, 1), compiled()
     streamed = np.stack(list(gen.stream(short, max_new_tokens=10, stop_tokens=())), axis=1)
     list(gen.stream(long, max_new_tokens=20, stop_tokens=(5,)))  # no new decode step either
-    assert (delta("prefill"), delta("decode_step")) == (1, 1), dict(TRACES)
+    assert (delta("prefill"), delta("decode_step")) == (1, 1), compiled()
     np.testing.assert_array_equal(streamed, out_short.tokens)
     assert out_short.prompt_len == 64
 

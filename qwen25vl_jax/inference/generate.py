@@ -20,7 +20,6 @@ A stop token is emitted, then its row is done and receives `pad_token`, as trans
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping
@@ -39,8 +38,6 @@ from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.sharding import logical_to_spec, state_shardings
 
-# Incremented when (and only when) a function is traced: a compile counter for tests.
-TRACES: collections.Counter = collections.Counter()
 MAX_STOP_TOKENS = 8  # stop ids are data (padded with -1), so changing them compiles nothing
 
 MEDIA_KEYS = (
@@ -172,7 +169,6 @@ def _prefill(graphdef, state, inputs, deltas, num_real, key, stop, pad, *, cache
              cache_dtype, out_len, return_logits, st: _Static) -> DecodeState:  # fmt: skip
     """ViT + decoder over the bucketed prompt into a fresh cache of `cache_size` slots; chooses
     token 0. deltas, num_real: int32[B]; stop: int32[MAX_STOP_TOKENS]; pad: int32[]."""
-    TRACES["prefill"] += 1
     model: Qwen25VL = nnx.merge(graphdef, state)
     t, opts = model.cfg.text, st.opts
     b = inputs.tokens.shape[0]
@@ -211,13 +207,11 @@ def _step_body(model: Qwen25VL, ds: DecodeState, st: _Static) -> DecodeState:
 
 
 def _decode_step(graphdef, state, ds: DecodeState, *, st: _Static) -> DecodeState:
-    TRACES["decode_step"] += 1
     return _step_body(nnx.merge(graphdef, state), ds, st)
 
 
 def _decode_loop(graphdef, state, ds: DecodeState, max_new_tokens, *, st: _Static):
     """Steps until `max_new_tokens` (traced) tokens are produced or every row is done."""
-    TRACES["decode_loop"] += 1
     model = nnx.merge(graphdef, state)
     limit = jnp.minimum(max_new_tokens, ds.tokens.shape[1])
     cond = lambda ds: (ds.step < limit) & ~jnp.all(ds.done)
