@@ -368,7 +368,9 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
         x, y = (k % cols) * (side + 8) + 4, (k // cols) * (side + 28) + 4
         canvas.paste(img, (x, y))
         ImageDraw.Draw(canvas).text((x, y + side + 4), f"{label}: {caption}", fill="black")
-    canvas.save(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)  # a killed run leaves no half-written PNG
     return len(rows)
 
 

@@ -1,7 +1,14 @@
 """Trains Qwen2.5-VL on a device mesh: the report's stages and SFT, with exact resumption.
 
   python -m experiments.train --config=experiments/configs/sft.py:7b --workdir=/ckpt/run1 \
-      --config.model.init_checkpoint=/ckpt/qwen25vl-7b --config.optim.lr=2e-5
+      --config.model.init_checkpoint=/ckpt/qwen25vl-7b --config.optim.lr=2e-5 \
+      --config.data.paths=/data/sft/*.jsonl --config.data.media_root=/data/sft
+
+Data: JSONL / ArrayRecord records (`--config.data.paths`, required); random tokens only with
+`--config.data.source=synthetic`. Bad records are skipped and counted by reason (metrics.jsonl,
+TensorBoard, the progress line; a warning above `data.warn_skipped_fraction`), and
+`data.max_consecutive_bad` of them in a row stop the run naming the last. Bad input ends the
+run with one line (`train: error: ...`, exit status 2).
 
 A workdir that already holds a checkpoint resumes from its latest complete step (model,
 optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU clusters
