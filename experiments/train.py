@@ -18,6 +18,7 @@ optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU cl
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -178,6 +179,9 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         if data_state is not None:
             data.set_state(data_state)
         logging.info("resumed from step %d", int(state.step))
+        if jax.process_index() == 0:  # what was restored, beside the progress lines
+            where = json.dumps(data.get_state())
+            print(f"[train] resumed from step {int(state.step)}, data {where}", flush=True)
     else:  # the first batch is read before the model is initialised: bad data fails fast
         pending = next_batch(data, 0, c.train.steps) if c.train.steps > 0 else None
         state = trainer.init_state(params, seed=c.train.seed, init_seed=c.model.init_seed)

@@ -20,7 +20,7 @@ from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.hf_weights import expected_names
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.qwen25vl import Qwen25VL
-from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer
+from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer, schedule
 from qwen25vl_jax.train.step import loss_sum_and_count
 from qwen25vl_jax.train.synthetic import SyntheticBatches
 
@@ -109,6 +109,16 @@ def test_weight_decay_mask_and_group_learning_rates():
         )
         np.testing.assert_allclose(p[k], want, rtol=0, atol=1e-6, err_msg=k)
     assert seen["decay"] >= 10 and seen["no_decay"] >= 10, seen
+
+
+def test_schedule_warmup_and_no_warmup():
+    """Warmup climbs from 0 to the peak; warmup_steps 0 starts at the peak (no step at lr 0)."""
+    warm = schedule(OptimConfig(warmup_steps=4, total_steps=100), 2.0)
+    np.testing.assert_allclose([float(warm(s)) for s in range(5)], [0, 0.5, 1, 1.5, 2], rtol=1e-6)
+    cold = schedule(OptimConfig(warmup_steps=0, total_steps=100, end_lr_ratio=0.1), 2.0)
+    assert float(cold(0)) == 2.0 and 1.99 < float(cold(1)) < 2.0
+    np.testing.assert_allclose(float(cold(50)), 1.1, rtol=1e-5)  # halfway down the cosine
+    np.testing.assert_allclose(float(cold(100)), 0.2, rtol=1e-5)
 
 
 # ---- the stage configs, as experiments/train.py reads them -----------------------------------

@@ -71,7 +71,10 @@ def split_trainable(flat: dict[str, jax.Array], optim: OptimConfig) -> tuple[dic
 
 
 def schedule(optim: OptimConfig, peak: float) -> optax.Schedule:
-    """Linear warmup to `peak`, then cosine decay to `peak * end_lr_ratio` at `total_steps`."""
+    """Linear warmup to `peak`, then cosine decay to `peak * end_lr_ratio` at `total_steps`;
+    warmup_steps 0: the peak from the first step (optax's warmup starts at 0)."""
+    if optim.warmup_steps == 0:
+        return optax.cosine_decay_schedule(peak, max(optim.total_steps, 1), optim.end_lr_ratio)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
