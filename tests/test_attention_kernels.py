@@ -101,3 +101,19 @@ def test_whole_model_on_a_kernel_backend_equals_xla(tiny, backend):
     out = np.asarray(run(*nnx.split(tiny.jax), inputs, RunOptions(backend=backend)))
     real = arrays["attention_mask"].astype(bool)
     np.testing.assert_allclose(out[real], ref[real], atol=2e-5)
+
+
+def test_segment_spans_bound_the_kernel_loops():
+    """Each query's segment's key slots [first, last] (S / -1 on padding), and each key's
+    segment's query slots: the pallas_gpu kernel loops over those blocks only."""
+    seg = jnp.asarray([[1, 1, 2, 2, 2, 0, 3, 0]], jnp.int32)
+    keys_first, keys_last, queries_first, queries_last = gpu_flash.segment_spans(seg, seg)
+    np.testing.assert_array_equal(keys_first, [[0, 0, 2, 2, 2, 8, 6, 8]])
+    np.testing.assert_array_equal(keys_last, [[1, 1, 4, 4, 4, -1, 6, -1]])
+    np.testing.assert_array_equal(queries_first, keys_first)  # self-attention: the same
+    np.testing.assert_array_equal(queries_last, keys_last)
+    # with 2-slot blocks, the query block of slots 6-7 reads key block 3 only (not 0-2)
+    lo, hi = gpu_flash._block_range(keys_first[0, 6:8], keys_last[0, 6:8], 2)
+    assert (int(lo), int(hi)) == (3, 4)
+    lo, hi = gpu_flash._block_range(keys_first[0, 4:6], keys_last[0, 4:6], 2)  # segment 2 + pad
+    assert (int(lo), int(hi)) == (1, 3)

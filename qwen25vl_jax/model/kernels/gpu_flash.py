@@ -10,8 +10,9 @@ falls short for us in four ways, each changed here:
   masked to zero explicitly, so the row outputs 0 and contributes no gradient;
 - lengths must be block multiples: here the wrapper pads them (segment 0) and the head
   dimension to a power of two (zeros change no dot product), and slices the output back.
-Never materialises [T, S]: the grid walks (query block, batch, head) and loops over key blocks
-(causal: only up to the diagonal), keeping the running max / sum of the online softmax.
+Never materialises [T, S]: the grid walks (query block, batch, head) and loops over the key
+blocks that its rows' segments reach (`segment_spans`; causal: not past the diagonal), keeping
+the running max / sum of the online softmax.
 
 Block sizes are JAX's defaults (forward 128 x 128, backward 32 x 32), not tuned on a GPU yet.
 """
@@ -52,11 +53,44 @@ def _mask(q_seg, k_seg, q_pos, k_pos, causal: bool):
     return m & (q_pos[:, None] >= k_pos[None, :]) if causal else m
 
 
-def _forward_kernel(
-    q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, scale, causal, block_q, block_k
-):
-    """One (query block, batch, head): q_ref [bq, H]; k_ref, v_ref [S, H]; o_ref [bq, H];
-    lse_ref float32[bq] (base-2 log-sum-exp of the scaled logits)."""
+def segment_spans(q_seg: jax.Array, k_seg: jax.Array) -> tuple[jax.Array, ...]:
+    """Where each row's partners lie, so the kernels loop over those blocks only.
+
+    q_seg: int32 [B, T]; k_seg: int32 [B, S]. Returns int32 (keys_first, keys_last) [B, T]:
+    the first and last key slot of each query's segment (S and -1 for padding or a segment with
+    no key), and (queries_first, queries_last) [B, S]: the first and last query slot of each
+    key's segment. Linear in T and S. Ids above max(T, S) are merged, which only widens the
+    spans, so a loop over them still visits every partner.
+    """
+    t, s = q_seg.shape[1], k_seg.shape[1]
+    n = max(t, s) + 1
+    ids = lambda seg: jnp.clip(seg, 0, n - 1)
+
+    def per_id(seg, op):  # [B, n]: op over the slots of each id
+        slots = jnp.broadcast_to(jnp.arange(seg.shape[1], dtype=jnp.int32), seg.shape)
+        return jax.vmap(lambda i, p: op(p, i, num_segments=n))(ids(seg), slots)
+
+    def spans(seg, other, length):  # for each slot of seg: [first, last] of its id in other
+        look = lambda table: jnp.take_along_axis(table, ids(seg), axis=1)
+        first = jnp.clip(look(per_id(other, jax.ops.segment_min)), 0, length)
+        last = jnp.clip(look(per_id(other, jax.ops.segment_max)), -1, length - 1)
+        real = seg > 0
+        return jnp.where(real, first, length), jnp.where(real, last, -1)
+
+    return (*spans(q_seg, k_seg, s), *spans(k_seg, q_seg, t))
+
+
+def _block_range(first, last, block: int):
+    """[lo, hi) of the blocks holding slots first.min() .. last.max() (an empty range if none)."""
+    return lax.div(jnp.min(first), block), lax.div(jnp.max(last) + block, block)
+
+
+def _forward_kernel(*refs, scale, causal, block_q, block_k):
+    """One (query block, batch, head): q_ref [bq, H]; k_ref, v_ref [S, H]; kfirst_ref,
+    klast_ref int32[bq] (`segment_spans`); o_ref [bq, H]; lse_ref float32[bq] (base-2
+    log-sum-exp of the scaled logits). Loops over the key blocks the rows' segments reach
+    (and, when causal, not past the diagonal)."""
+    q_ref, k_ref, v_ref, qseg_ref, kseg_ref, kfirst_ref, klast_ref, o_ref, lse_ref = refs
     start_q = pl.program_id(0)
     q = q_ref[...]
     q_seg = qseg_ref[...]
@@ -75,44 +109,45 @@ def _forward_kernel(
         o = correction[:, None] * o + plgpu.dot(p.astype(v.dtype), v)
         return o, m_next, correction * denom + p.sum(axis=-1)
 
-    seq_len = k_ref.shape[0]
-    upper = (
-        lax.div(block_q * (start_q + 1) + block_k - 1, block_k) if causal else seq_len // block_k
-    )
+    lo, upper = _block_range(kfirst_ref[...], klast_ref[...], block_k)
+    if causal:
+        upper = jnp.minimum(upper, lax.div(block_q * (start_q + 1) + block_k - 1, block_k))
     init = (
         jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32),
         jnp.full((block_q,), NEG_INF, jnp.float32),
         jnp.zeros((block_q,), jnp.float32),
     )
-    o, m, denom = lax.fori_loop(0, upper, body, init)
+    o, m, denom = lax.fori_loop(jnp.minimum(lo, upper), upper, body, init)
     denom = jnp.where(denom > 0, denom, 1.0)  # a row with no key: o is 0 already
     lse_ref[...] = m + jnp.log2(denom)
     o_ref[...] = (o / denom[:, None]).astype(o_ref.dtype)
 
 
-def _backward_kernel(
-    q_ref,
-    k_ref,
-    v_ref,
-    qseg_ref,
-    kseg_ref,
-    do_ref,
-    lse_ref,
-    delta_ref,
-    dq_ref,
-    dk_ref,
-    dv_ref,
-    *,
-    scale,
-    causal,
-    block,
-):
+def _backward_kernel(*refs, scale, causal, block):
     """One (batch, head, block b): dk, dv of key block b over the query blocks, then dq of
     query block b over the key blocks. q_ref, do_ref [T, H]; k_ref, v_ref [S, H]; lse_ref,
-    delta_ref float32[T]; dq_ref [block, H]; dk_ref, dv_ref [block, H] (this query head's share).
+    delta_ref float32[T]; k/q first/last refs: `segment_spans` ([T] and [S]); dq_ref [block, H];
+    dk_ref, dv_ref [block, H] (this query head's share). Loops only over the blocks that the
+    segments (and causality) connect.
     """
+    (
+        q_ref,
+        k_ref,
+        v_ref,
+        qseg_ref,
+        kseg_ref,
+        kfirst_ref,
+        klast_ref,
+        qfirst_ref,
+        qlast_ref,
+        do_ref,
+        lse_ref,
+        delta_ref,
+        dq_ref,
+        dk_ref,
+        dv_ref,
+    ) = refs
     b = pl.program_id(2)
-    seq_q, seq_k = q_ref.shape[0], k_ref.shape[0]
     span = b * block + jnp.arange(block)
 
     def probs(q, qs, k_seg, ks_pos, q_pos, k):
@@ -133,7 +168,9 @@ def _backward_kernel(
         return dk + plgpu.dot(ds.astype(q.dtype).T, q), dv
 
     zeros = jnp.zeros((block, k_ref.shape[-1]), jnp.float32)
-    dk, dv = lax.fori_loop(b if causal else 0, seq_q // block, dkdv, (zeros, zeros))
+    lo, hi = _block_range(qfirst_ref[kb], qlast_ref[kb], block)
+    lo = jnp.maximum(lo, b) if causal else lo
+    dk, dv = lax.fori_loop(jnp.minimum(lo, hi), hi, dkdv, (zeros, zeros))
     dk_ref[...] = dk.astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -147,18 +184,23 @@ def _backward_kernel(
         ds = p * (plgpu.dot(do, v.T) - delta[:, None]) * scale
         return dq + plgpu.dot(ds.astype(k.dtype), k)
 
-    dq = lax.fori_loop(0, b + 1 if causal else seq_k // block, dq_step, zeros)
+    lo, hi = _block_range(kfirst_ref[qb], klast_ref[qb], block)
+    hi = jnp.minimum(hi, b + 1) if causal else hi
+    dq = lax.fori_loop(jnp.minimum(lo, hi), hi, dq_step, zeros)
     dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _forward(q, k, v, q_seg, k_seg, scale, causal, blocks: Blocks, interpret):
-    """q [B, T, N, H], k, v [B, S, K, H] (block multiples) -> out [B, T, N, H], lse [B, N, T]."""
+def _forward(q, k, v, ids, scale, causal, blocks: Blocks, interpret):
+    """q [B, T, N, H], k, v [B, S, K, H] (block multiples); ids: (q_seg, k_seg, *segment_spans)
+    -> out [B, T, N, H], lse [B, N, T]."""
+    q_seg, k_seg, kfirst, klast, _, _ = ids
     b, t, n, h = q.shape
     s, groups = k.shape[1], n // k.shape[2]
     kernel = functools.partial(
         _forward_kernel, scale=scale, causal=causal, block_q=blocks.q, block_k=blocks.k
     )
     kv_spec = pl.BlockSpec((None, s, None, h), lambda i, j, m: (j, 0, m // groups, 0))
+    q_rows = pl.BlockSpec((None, blocks.q), lambda i, j, m: (j, i))
     return pl.pallas_call(
         kernel,
         grid=(t // blocks.q, b, n),
@@ -166,8 +208,10 @@ def _forward(q, k, v, q_seg, k_seg, scale, causal, blocks: Blocks, interpret):
             pl.BlockSpec((None, blocks.q, None, h), lambda i, j, m: (j, i, m, 0)),
             kv_spec,
             kv_spec,
-            pl.BlockSpec((None, blocks.q), lambda i, j, m: (j, i)),
+            q_rows,
             pl.BlockSpec((None, s), lambda i, j, m: (j, 0)),
+            q_rows,
+            q_rows,
         ],
         out_specs=[
             pl.BlockSpec((None, blocks.q, None, h), lambda i, j, m: (j, i, m, 0)),
@@ -177,21 +221,21 @@ def _forward(q, k, v, q_seg, k_seg, scale, causal, blocks: Blocks, interpret):
         compiler_params=plgpu.CompilerParams(num_warps=4 if h <= 64 else 8, num_stages=2),
         interpret=interpret,
         name="flash_forward_segments",
-    )(q, k, v, q_seg, k_seg)
+    )(q, k, v, q_seg, k_seg, kfirst, klast)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
-    return _forward(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _flash(q, k, v, ids, scale, causal, blocks, interpret):
+    return _forward(q, k, v, ids, scale, causal, blocks, interpret)[0]
 
 
-def _flash_fwd(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret):
-    out, lse = _forward(q, k, v, q_seg, k_seg, scale, causal, blocks, interpret)
-    return out, (q, k, v, q_seg, k_seg, out, lse)
+def _flash_fwd(q, k, v, ids, scale, causal, blocks, interpret):
+    out, lse = _forward(q, k, v, ids, scale, causal, blocks, interpret)
+    return out, (q, k, v, ids, out, lse)
 
 
 def _flash_bwd(scale, causal, blocks: Blocks, interpret, res, d_out):
-    q, k, v, q_seg, k_seg, out, lse = res
+    q, k, v, ids, out, lse = res
     b, t, n, h = q.shape
     s, kh = k.shape[1], k.shape[2]
     groups, block = n // kh, blocks.bwd
@@ -202,6 +246,8 @@ def _flash_bwd(scale, causal, blocks: Blocks, interpret, res, d_out):
     row = pl.BlockSpec((None, None, t), lambda i, j, m: (i, j, 0))
     out_block = pl.BlockSpec((None, block, None, h), lambda i, j, m: (i, m, j, 0))
     per_head = jax.ShapeDtypeStruct((b, s, n, h), k.dtype)
+    q_ids = pl.BlockSpec((None, t), lambda i, j, m: (i, 0))
+    k_ids = pl.BlockSpec((None, s), lambda i, j, m: (i, 0))
     dq, dk, dv = pl.pallas_call(
         functools.partial(_backward_kernel, scale=scale, causal=causal, block=block),
         grid=(b, n, s // block),
@@ -209,8 +255,12 @@ def _flash_bwd(scale, causal, blocks: Blocks, interpret, res, d_out):
             full_q,
             full_kv,
             full_kv,
-            pl.BlockSpec((None, t), lambda i, j, m: (i, 0)),
-            pl.BlockSpec((None, s), lambda i, j, m: (i, 0)),
+            q_ids,
+            k_ids,
+            q_ids,
+            q_ids,
+            k_ids,
+            k_ids,
             full_q,
             row,
             row,
@@ -220,9 +270,9 @@ def _flash_bwd(scale, causal, blocks: Blocks, interpret, res, d_out):
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name="flash_backward_segments",
-    )(q, k, v, q_seg, k_seg, d_out, lse, delta)
+    )(q, k, v, *ids, d_out, lse, delta)
     group_sum = lambda d: d.reshape(b, s, kh, groups, h).sum(3).astype(k.dtype)
-    return dq, group_sum(dk), group_sum(dv), None, None
+    return dq, group_sum(dk), group_sum(dv), (None,) * len(ids)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -250,5 +300,6 @@ def flash_attention(
         q_segments.astype(jnp.int32),
         kv_segments.astype(jnp.int32),
     )
-    out = _flash(q, k, v, qs, ks, scale, causal, blocks, needs_interpret("gpu"))
+    ids = (qs, ks, *segment_spans(qs, ks))
+    out = _flash(q, k, v, ids, scale, causal, blocks, needs_interpret("gpu"))
     return out[:, :t, :, :h]
