@@ -90,11 +90,10 @@ def model_and_params(c, mesh) -> tuple[ModelConfig, dict | None]:
     return model_cfg, nnx.to_pure_dict(nnx.state(model))
 
 
-def make_data(c, model_cfg: ModelConfig):
-    """This host's iterator of `Batch`es: the Grain pipeline over `data.paths`, or random
-    tokens when `data.source=synthetic` is asked for. `InputError` for a config that cannot
-    feed the run."""
-    bucket = Bucket(c.data.seq_len, c.data.num_slots)
+def check_data_config(c) -> None:
+    """`InputError` for a data config that cannot feed the run: checked before any model or
+    checkpoint loads. The global batch must split over the processes (every source); records
+    need `data.paths` matching files; random tokens must be asked for."""
     if c.train.batch_size % jax.process_count():
         raise InputError(f"--config.train.batch_size={c.train.batch_size} is not divisible by "
                          f"the {jax.process_count()} processes")  # fmt: skip
@@ -104,6 +103,18 @@ def make_data(c, model_cfg: ModelConfig):
         raise InputError("--config.data.paths is empty: give JSONL / ArrayRecord files (globs, "
                          "comma separated), or --config.data.source=synthetic to train on random "
                          "tokens")  # fmt: skip
+    if c.data.source == "records":
+        from qwen25vl_jax.data.record_sources import record_files
+
+        record_files([p for p in c.data.paths.split(",") if p])
+
+
+def make_data(c, model_cfg: ModelConfig):
+    """This host's iterator of `Batch`es: the Grain pipeline over `data.paths`, or random
+    tokens when `data.source=synthetic` is asked for. `InputError` for a config that cannot
+    feed the run."""
+    check_data_config(c)
+    bucket = Bucket(c.data.seq_len, c.data.num_slots)
     if c.data.source == "synthetic":
         return SyntheticBatches(
             model_cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
@@ -137,6 +148,7 @@ def train(c, workdir: str) -> list[float]:
     """Runs the configured training; returns the losses of the steps it ran."""
     with input_errors(ValueError):  # unknown or mistyped config keys, named
         base.check_keys(c)
+    check_data_config(c)  # before a checkpoint loads: a bad data config fails in seconds
     mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     model_cfg, params = model_and_params(c, mesh)
     data = make_data(c, model_cfg)  # before the workdir exists: a bad data config writes nothing

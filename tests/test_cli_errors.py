@@ -153,6 +153,7 @@ def cases(f) -> dict[str, Case]:
         ),
     )
     gen = lambda *a: ("experiments.generate", (f"--hf_dir={hf}", *a))  # noqa: E731
+    small = str(int(f["vocab"] or 1) - 1)  # a vocabulary one token short of the tokenizer's
     w = lambda name: f"{d}/{name}"  # noqa: E731  a workdir per case: they run in parallel
     table = {
         # score: files and flags
@@ -235,13 +236,16 @@ def cases(f) -> dict[str, Case]:
                                    rf"{d}/none\.jsonl: no such record file", w("pm")),
         "train_glob_no_match": Case(*train("gnm", f"--config.data.paths={d}/*.nothing"),
                                     rf"{d}/\*\.nothing: no record file matches", w("gnm")),
+        # a tokenizer that does not match the model (its last id has no embedding)
         "train_tokenizer_over_vocab": Case("experiments.train", (
-            f"--workdir={w('tov')}", "--config=experiments/configs/stage2_full.py:tiny",
-            f"--config.data.paths={f['train_jsonl']}"),
-            r"tokenizer Qwen2\.5 \(offline\): 151665 tokens, over the model's vocabulary of 211",
+            f"--workdir={w('tov')}", "--config=experiments/configs/demo.py",
+            f"--config.model.overrides.text.vocab_size={small}",
+            f"--config.data.tokenizer_dir={f['tok']}", f"--config.data.paths={f['train_jsonl']}"),
+            rf"tokenizer {f['tok']}: {f['vocab']} tokens, over the model's vocabulary of {small}",
             w("tov")),
         "train_missing_init_checkpoint": Case(
-            *train("mic", f"--config.model.init_checkpoint={d}/nock"),
+            *train("mic", f"--config.model.init_checkpoint={d}/nock",
+                   f"--config.data.paths={f['train_jsonl']}"),
             r"--config\.model\.init_checkpoint: .*nock: no such checkpoint directory", w("mic")),
         # the hang: every record bad, skipped by default, repeated forever -> bounded
         "train_every_record_bad": Case(*train("erb", f"--config.data.paths={f['all_bad']}",

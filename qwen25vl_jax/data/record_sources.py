@@ -75,25 +75,32 @@ class ArrayRecordSource:
         return f"{self.path}#{i}", self._source[int(i)]
 
 
+def record_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The files of ``paths`` in order, globs expanded (sorted). `InputError` naming a path or
+    glob that matches no file (cheap: to check a config before anything loads)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in map(os.fspath, paths):
+        matched = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
+        if not matched:
+            raise InputError(f"{p}: no record file matches")
+        for f in matched:
+            if not os.path.isfile(f):
+                raise InputError(f"{f}: no such record file")
+        files += matched
+    if not files:
+        raise InputError("no record files given")
+    return files
+
+
 class RecordSource:
     """Several JSONL (``*.jsonl``, ``*.json``) and ArrayRecord (``*.arrayrecord``,
     ``*.array_record``) files, concatenated in the order given; globs are expanded (sorted).
     A Grain random-access data source: ``len()``, ``[i] -> (record_id, bytes)``."""
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        files = []
-        for p in map(os.fspath, paths):
-            matched = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-            if not matched:
-                raise InputError(f"{p}: no record file matches")
-            for f in matched:
-                if not os.path.isfile(f):
-                    raise InputError(f"{f}: no such record file")
-            files += matched
-        if not files:
-            raise InputError("no record files given")
+        files = record_files(paths)
         self.sources = [
             ArrayRecordSource(f)
             if f.endswith((".arrayrecord", ".array_record"))
