@@ -6,8 +6,9 @@ The default reproduces issue 13's table: the 7B model's widths with the decoder 
 layers and the full 32-block ViT, one row of ~9,654 tokens holding four 672x672 images, bf16
 compute with float32 master weights, AdamW. `--widths=3b --text_layers=36` is the 3B model.
 
-Without a GPU (or with --dry_run) it runs a tiny config with the `xla` backend on the CPU, so
-that GPU time goes to measuring, not debugging; it then says that no GPU figure was measured.
+Without a GPU (or with --dry_run) it runs a tiny config with the `xla` backend on the CPU (add
+`--dry_run_backends=xla,pallas_gpu` to run the kernel, interpreted), so that GPU time goes to
+measuring, not debugging; it then says that no GPU figure was measured.
 
 Usage: python benchmarks/gpu_train_bench.py [--widths=7b] [--text_layers=4]
          [--backends=xla,cudnn,pallas_gpu] [--remats=dots,full] [--repeats=5] [--dry_run]
@@ -46,7 +47,8 @@ flags.DEFINE_list("backends", ["xla", "cudnn", "pallas_gpu"], "attention backend
 flags.DEFINE_list("remats", ["dots", "full"], "remat policies (GPU mode)")
 flags.DEFINE_integer("repeats", 5, "timed steps of each (median reported)")
 flags.DEFINE_float("peak_tflops", 989.0, "the GPU's dense bf16 peak (H100/H200 SXM: 989)")
-flags.DEFINE_bool("dry_run", False, "tiny config, xla backend, CPU: checks the script runs")
+flags.DEFINE_bool("dry_run", False, "tiny config on the CPU: checks the script runs")
+flags.DEFINE_list("dry_run_backends", ["xla"], "backends of the dry run (kernels: interpreted)")
 flags.DEFINE_bool("torch", True, "also time transformers + torch")
 FLAGS = flags.FLAGS
 
@@ -56,7 +58,7 @@ def _setup(dry: bool):
     if dry:
         cfg = bench_config()
         rows = [[20, ("image", (1, 16, 16)), 60, ("image", (1, 8, 12)), 40]]
-        return cfg, rows, ["xla"], ["none", "dots"]
+        return cfg, rows, FLAGS.dry_run_backends, ["none", "dots"]
     cfg = ModelConfig.qwen25vl_3b() if FLAGS.widths == "3b" else ModelConfig.qwen25vl_7b()
     cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, num_layers=FLAGS.text_layers))
     chunk = FLAGS.text_tokens // (FLAGS.images + 1)

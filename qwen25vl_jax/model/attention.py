@@ -63,6 +63,7 @@ def attention(
     backend = Backend(backend)
     t, s = q.shape[1], k.shape[2 if kv_heads_major else 1]
     if backend in (Backend.PALLAS_GPU, Backend.SPLASH) and t == s and not kv_heads_major:
+        # imported here: the kernel modules import NEG_INF from this one
         if backend == Backend.PALLAS_GPU:
             from qwen25vl_jax.model.kernels.gpu_flash import flash_attention
         else:
