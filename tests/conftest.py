@@ -6,8 +6,11 @@ import os
 
 # XLA's backend optimisations (LLVM passes) dominate compile time of the many small programs the
 # tests build and buy nothing at these sizes: level 0 cuts the suite's time ~3x on 2 cores.
-# Numerics are unchanged (no fast-math either way). Benchmarks never set this.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+# Numerics are unchanged (no fast-math either way). Benchmarks never set this, and
+# tests/test_default_opt_level.py reruns parity cases with QWEN25VL_TESTS_XLA_DEFAULT_LEVEL=1.
+if os.environ.get("QWEN25VL_TESTS_XLA_DEFAULT_LEVEL") != "1" and (
+    "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
+):
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
     ).strip()
@@ -27,6 +30,10 @@ jax.config.update("jax_default_matmul_precision", "highest")
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_report_header(config):
+    return f"XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')!r}"
 
 
 class Reference:
