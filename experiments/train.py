@@ -234,13 +234,17 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
 
 def main(argv):
     del argv
-    if FLAGS.config is None:
+    with input_errors(OSError, prefix="--config: "):  # a config file that failed to load
+        config = FLAGS.config  # (ml_collections defers the error to the first use)
+        if config is not None:
+            config.keys()
+    if config is None:
         raise InputError("--config is required, e.g. --config=experiments/configs/sft.py:7b")
     require_flags("workdir")
     set_matmul_precision(FLAGS.matmul_precision)
     init_distributed()
     np.set_printoptions(precision=6)
-    train(FLAGS.config, FLAGS.workdir)
+    train(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -103,8 +103,33 @@ def handle(main: Callable, prog: str, errors: tuple[type[BaseException], ...] = 
     return wrapped
 
 
+def parse_flags(prog: str) -> Callable:
+    """An absl ``flags_parser`` that reports a bad flag on one line (absl prints two, and a
+    config file that fails to load as a whole traceback): the error's first line and its last
+    (the exception), exit status 2."""
+
+    def parse(argv):
+        from absl import flags
+
+        try:
+            argv_left = flags.FLAGS(argv)
+        except flags.Error as err:
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or ["bad flags"]
+            message = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            # ml_collections' --config.a.b=value overrides raise these for a key the config
+            # lacks or a value of the wrong type
+            message = f"cannot parse the flags: {type(err).__name__}: {one_line(err)}"
+        else:
+            return argv_left
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INPUT_ERROR)
+
+    return parse
+
+
 def run(main: Callable, prog: str, errors: tuple[type[BaseException], ...] = ()) -> None:
-    """`absl.app.run` of ``main`` through `handle`."""
+    """`absl.app.run` of ``main`` through `handle`, flags parsed by `parse_flags`."""
     from absl import app
 
-    app.run(handle(main, prog, errors))
+    app.run(handle(main, prog, errors), flags_parser=parse_flags(prog))

@@ -226,6 +226,23 @@ def cases(f) -> dict[str, Case]:
         # train (a workdir per case: they run in parallel; none may be left behind)
         "train_no_config": Case("experiments.train", (f"--workdir={w('nc')}",),
                                 r"--config is required", w("nc")),
+        "train_config_file_missing": Case("experiments.train", (
+            f"--workdir={w('cfm')}", "--config=experiments/configs/nope.py"),
+            r"--config: .*No such file or directory: 'experiments/configs/nope\.py'", w("cfm")),
+        "train_config_bad_size": Case("experiments.train", (
+            f"--workdir={w('cbs')}", "--config=experiments/configs/sft.py:9b"),
+            r"flag --config=experiments/configs/sft\.py:9b: Error whilst parsing config file: "
+            r"ValueError: unknown size '9b'", w("cbs")),
+        "train_config_unknown_key": Case("experiments.train", (
+            f"--workdir={w('cuk')}", "--config=experiments/configs/sft.py:tiny",
+            "--config.train.nokey=3"), r"cannot parse the flags: AttributeError: .*nokey",
+            w("cuk")),
+        "train_config_bad_value": Case("experiments.train", (
+            f"--workdir={w('cbv')}", "--config=experiments/configs/sft.py:tiny",
+            "--config.train.steps=abc"), r"flag --config\.train\.steps=abc: invalid literal",
+            w("cbv")),
+        "score_unknown_flag": Case("experiments.score", ("--nosuchflag",),
+                                   r"Unknown command line flag 'nosuchflag'"),
         "train_no_workdir": Case("experiments.train", train_common, r"--workdir is required"),
         "train_source_not_given": Case(*train("sng"), r"--config\.data\.paths is empty: .* "
                                        r"--config\.data\.source=synthetic", w("sng")),
