@@ -468,23 +468,36 @@ def test_global_batch_not_divisible_by_processes(monkeypatch):
             make_data(c, TINY)
 
 
-def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path):
-    """SIGKILL while the converter writes: no output directory, and the rerun succeeds (and
-    removes the dead run's temporary directory)."""
+@pytest.mark.parametrize("converter", ["hf_to_orbax", "orbax_to_hf"])
+def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path, converter):
+    """SIGKILL while the converter writes: no output directory, the half-written temporary
+    does not load, and the rerun succeeds (and removes the dead run's temporary)."""
+    from checkpoints_convert import hf_to_orbax
     from qwen25vl_jax.checkpoint import load_checkpoint
+    from qwen25vl_jax.hf_weights import load_hf
     from tests.test_convert import random_release
 
     src, out = random_release(tmp_path / "src"), tmp_path / "out"
+    if converter == "hf_to_orbax":  # slowed after its first parameter is written
+        args, writer, load = (
+            [f"--hf_dir={src}", f"--output_dir={out}"],
+            "_write_rule",
+            load_checkpoint,
+        )
+    else:  # slowed after its first safetensors file is written
+        hf_to_orbax.convert(src, tmp_path / "ck", progress=False)
+        args = [f"--checkpoint={tmp_path / 'ck'}", f"--output_dir={out}", "--max_shard_size=60KB"]
+        writer, load = "write_safetensors", load_hf
     marker = tmp_path / "writing"
     slow = (
-        f"import sys, time; sys.argv[1:] = ['--hf_dir={src}', '--output_dir={out}']\n"
-        "from checkpoints_convert import hf_to_orbax as h\n"
-        "real = h._write_rule\n"
-        "def slow(*a):\n"
-        f"    open('{marker}', 'w').close(); real(*a); time.sleep(60)\n"
-        "h._write_rule = slow\n"
+        f"import sys, time; sys.argv[1:] = {args!r}\n"
+        f"from checkpoints_convert import {converter} as c\n"
+        f"real = c.{writer}\n"
+        "def slow(*a, **k):\n"
+        f"    real(*a, **k); open('{marker}', 'w').close(); time.sleep(60)\n"
+        f"c.{writer} = slow\n"
         "from absl import app\n"
-        "h._define_flags(); app.run(h.main)\n"
+        "c._define_flags(); app.run(c.main)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", slow], cwd=ROOT,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))  # fmt: skip
@@ -493,18 +506,16 @@ def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path):
         while not marker.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert marker.exists(), "the converter never started writing"
-        time.sleep(0.5)  # inside the first parameter's write and sleep
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]
     assert leftovers and not out.exists()  # killed mid-write: only the hidden temporary
     with pytest.raises((FileNotFoundError, ValueError)):
-        load_checkpoint(tmp_path / leftovers[0])  # and it is not a checkpoint either
-    rerun = subprocess.run([sys.executable, "-m", "checkpoints_convert.hf_to_orbax",
-                            f"--hf_dir={src}", f"--output_dir={out}"], cwd=ROOT,
-                           env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+        load(tmp_path / leftovers[0])  # and it does not load either
+    rerun = subprocess.run([sys.executable, "-m", f"checkpoints_convert.{converter}", *args],
+                           cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert load_checkpoint(out)[1] is not None
+    assert load(out)[1] is not None
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]
