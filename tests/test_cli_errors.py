@@ -519,3 +519,35 @@ def test_converter_killed_mid_write_leaves_nothing_that_loads(tmp_path, converte
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert load(out)[1] is not None
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.tmp-")]
+
+
+@pytest.mark.parametrize(
+    "module, setup, default",
+    [("experiments.score", "", "highest"), ("experiments.generate", "", "highest"),
+     ("experiments.eval", "m.define_flags()", "highest"), ("experiments.train", "", "default")],
+)  # fmt: skip
+def test_matmul_precision_defaults(module, setup, default):
+    """The tools that compare with float32 references default to full float32 matmuls (GPUs
+    and TPUs default to less); training keeps the platform's default (BUILD_NOTES §5)."""
+    code = (f"import importlib; m = importlib.import_module('{module}'); {setup or 'pass'}\n"
+            "from absl import flags; flags.FLAGS(['x'])\n"
+            "print(flags.FLAGS.matmul_precision)")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == default
+
+
+def test_set_matmul_precision():
+    import jax
+
+    from qwen25vl_jax.precision import set_matmul_precision
+
+    before = jax.config.jax_default_matmul_precision
+    try:
+        set_matmul_precision("high")
+        assert jax.config.jax_default_matmul_precision == "high"
+        with pytest.raises(ValueError, match="matmul precision 'fast'"):
+            set_matmul_precision("fast")
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
