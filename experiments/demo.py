@@ -10,11 +10,15 @@
    packing, the batch sharded over the host's CPU devices, Orbax checkpoints, TensorBoard logs,
    progress lines);
 4. evaluation on held-out records with KV-cache generation (`experiments/eval.py`): metrics
-   beside their trivial baselines, predicted and true boxes drawn into a PNG;
-5. a short report, also written as JSON.
+   beside their trivial baselines, predicted and true boxes drawn into a PNG; the earlier
+   checkpoints the trainer saved (every `train.save_every` steps, all kept) on the first
+   `CURVE_RECORDS` held-out records (they interleave the three tasks), for the curves;
+5. a short report, also written as JSON: the table, the training-curves PNG (loss and each
+   metric at each checkpoint against its baseline), and where this run sits relative to the
+   README's published figures (`experiments/published.py`).
 
 Outputs under --workdir: data/, tokenizer/, train/ (checkpoints <step>/, metrics.jsonl,
-tensorboard/), boxes.png, report.json.
+tensorboard/), boxes.png, curves.png, report.json.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from qwen25vl_jax.cli_errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "demo.py")
+# held-out records scored at the intermediate checkpoints: ~1/4 of the default 400 keeps the
+# four extra evaluations (800 / 200 steps) to ~1/4 of the final one's time each
+CURVE_RECORDS = 100
 
 
 def log(msg: str) -> None:
@@ -117,6 +124,7 @@ def run(
     from experiments import eval as evaluation
     from experiments.configs import base
     from experiments.configs import demo as demo_config
+    from experiments.curves import draw_curves, read_losses
 
     t0 = time.perf_counter()
     times = {}
@@ -140,25 +148,43 @@ def run(
             f"--config.optim.total_steps={steps}",
             *overrides,
         )
+    overrides = ("--config.train.keep=1000", *overrides)  # every saved step, for the curves
     t = time.perf_counter()
     run_training(paths, train_dir, devices=devices, overrides=overrides)
     times["train_s"] = time.perf_counter() - t
 
     log("[demo] 3/4 held-out evaluation with KV-cache generation (experiments/eval.py)")
     t = time.perf_counter()
-    from qwen25vl_jax.checkpoint import latest_checkpoint, load_checkpoint
+    from qwen25vl_jax.checkpoint import checkpoint_steps, latest_checkpoint, load_checkpoint
     from qwen25vl_jax.data.tokenizer import load_tokenizer
 
     ckpt = latest_checkpoint(train_dir)
-    model, _ = load_checkpoint(ckpt)
     c = demo_config.get_config()
     c.data.media_root = paths["media_root"]
     options = base.record_options(c.data)
+    tokenizer = load_tokenizer(paths["tokenizer"])
     png = os.path.join(workdir, "boxes.png")
-    result = evaluation.evaluate(
-        model, load_tokenizer(paths["tokenizer"]), paths["eval"], options,
-        train_data=paths["train"], batch_size=eval_batch, draw=png, log=log,
-    )  # fmt: skip
+    points = []  # the curves' checkpoints: the earlier ones on CURVE_RECORDS records, then all
+    for step in checkpoint_steps(train_dir):
+        final = os.path.join(train_dir, str(step)) == ckpt
+        model, _ = load_checkpoint(os.path.join(train_dir, str(step)))
+        result = evaluation.evaluate(
+            model, tokenizer, paths["eval"], options, train_data=paths["train"],
+            max_samples=None if final else CURVE_RECORDS, batch_size=eval_batch,
+            draw=png if final else None, log=log if final else lambda _: None,
+        )  # fmt: skip
+        kept = {m: {k: v[k] for k in ("model", "baseline", "n")}
+                for m, v in result["metrics"].items()}  # fmt: skip
+        points.append({"step": step, "metrics": kept})
+        if not final:
+            log(
+                f"[demo] step {step} on {CURVE_RECORDS} held-out records: "
+                + ", ".join(
+                    f"{m} {v['model']:.3f} (baseline {v['baseline']:.3f})" for m, v in kept.items()
+                )
+            )
+    curves_png = os.path.join(workdir, "curves.png")
+    draw_curves(read_losses(os.path.join(train_dir, "metrics.jsonl")), points, curves_png)
     times["eval_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t0
 
@@ -168,10 +194,13 @@ def run(
         "baselines": result["baselines"],
         "checkpoint": ckpt,
         "steps": int(os.path.basename(ckpt)),
+        "curve": points,
+        "published": compare_published(result["metrics"]),
         "times": times,
         "load_average": list(os.getloadavg()),
         "files": {
             "boxes_png": png,
+            "curves_png": curves_png,
             "metrics_jsonl": os.path.join(train_dir, "metrics.jsonl"),
             "tensorboard": os.path.join(train_dir, "tensorboard"),
             **paths,
@@ -188,9 +217,40 @@ def run(
         f"{report['steps']} steps; wall {times['total_s']:.0f} s (data {times['prepare_s']:.0f}, "
         f"train {times['train_s']:.0f}, eval {times['eval_s']:.0f}); load average "
         f"{report['load_average'][0]:.1f}")  # fmt: skip
-    log(f"[demo] boxes: {png}; report: {os.path.join(workdir, 'report.json')}; TensorBoard: "
-        f"tensorboard --logdir={report['files']['tensorboard']}")  # fmt: skip
+    log(format_published(report["published"], seed))
+    log(f"[demo] curves: {curves_png}; boxes: {png}; report: "
+        f"{os.path.join(workdir, 'report.json')}; TensorBoard: tensorboard "
+        f"--logdir={report['files']['tensorboard']}")  # fmt: skip
     return report
+
+
+def compare_published(metrics: dict) -> dict:
+    """{metric: {"run": v, "published": v, "better": bool | None (equal)}} against the README's
+    figures (`experiments.published.DEMO`)."""
+    from experiments.metrics import is_better
+    from experiments.published import DEMO
+
+    out = {}
+    for name, value in DEMO["metrics"].items():
+        if name in metrics:
+            run_v = metrics[name]["model"]
+            better = None if round(run_v, 3) == value else is_better(name, run_v, value)
+            out[name] = {"run": run_v, "published": value, "better": better}
+    return out
+
+
+def format_published(compared: dict, seed: int) -> str:
+    """One line per metric: this run beside the README's figure."""
+    from experiments.metrics import METRICS
+    from experiments.published import DEMO
+
+    lines = [f"[demo] against the README's figures (seed {DEMO['seed']}, {DEMO['steps']} steps, "
+             f"{DEMO['date']}; this run: seed {seed}):"]  # fmt: skip
+    for name, v in compared.items():
+        where = {None: "the same", True: "better", False: "worse"}[v["better"]]
+        lines.append(f"[demo]   {METRICS[name][2]:<23} {v['run']:.3f} vs {v['published']:.3f}: "
+                     f"{where}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main(argv):

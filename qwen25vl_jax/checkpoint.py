@@ -101,15 +101,22 @@ def latest_checkpoint(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if any(os.path.exists(os.path.join(path, p)) for p in (PARAMS_ITEM, METADATA_FILE)):
         return path
-    names = os.listdir(path) if os.path.isdir(path) else []
-    steps = [
-        int(d)
-        for d in names
-        if d.isdigit() and os.path.isfile(os.path.join(path, d, PARAMS_ITEM, METADATA_FILE))
-    ]
+    steps = checkpoint_steps(path)
     if not steps:
         raise FileNotFoundError(f"{path}: neither a checkpoint nor a directory of step checkpoints")
-    return os.path.join(path, str(max(steps)))
+    return os.path.join(path, str(steps[-1]))
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of a trainer workdir's step directories whose `params` item is complete,
+    ascending."""
+    workdir = os.fspath(workdir)
+    names = os.listdir(workdir) if os.path.isdir(workdir) else []
+    return sorted(
+        int(d)
+        for d in names
+        if d.isdigit() and os.path.isfile(os.path.join(workdir, d, PARAMS_ITEM, METADATA_FILE))
+    )
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
