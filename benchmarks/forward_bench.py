@@ -18,8 +18,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import bench_config, best_torch_seconds, median_seconds  # noqa: E402
+from qwen25vl_jax.data.hf_format import inputs_from_hf  # noqa: E402
 from qwen25vl_jax.hf_weights import load_hf  # noqa: E402
-from qwen25vl_jax.model.inputs import inputs_from_hf  # noqa: E402
 from qwen25vl_jax.model.qwen25vl import forward  # noqa: E402
 from tests.cases import make_case  # noqa: E402
 from tests.hf_reference import build_hf_model, hf_inputs_to_torch  # noqa: E402
@@ -45,8 +45,7 @@ def main(argv):
         with torch.no_grad():
             return torch_model(**kw).logits
 
-    media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, _ = inputs_from_hf(cfg, arrays["input_ids"], arrays["attention_mask"], **media)
+    inputs, _ = inputs_from_hf(cfg, arrays)
     graphdef, state = nnx.split(model)
     step = jax.jit(forward)
     run_jax = lambda: step(graphdef, state, inputs).block_until_ready()  # noqa: E731

@@ -13,8 +13,8 @@ import numpy as np
 from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.data.hf_format import inputs_from_hf
 from qwen25vl_jax.model.cost import vision_block_flops
-from qwen25vl_jax.model.inputs import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, forward
 
 
@@ -40,8 +40,9 @@ def compile_seconds(num_layers: int) -> float:
     graphdef, state = nnx.split(model)
     grid = np.array([[1, 8, 8]])
     ids = np.array([[3] + [cfg.image_token_id] * 16 + [5] * 40])
-    inputs, _ = inputs_from_hf(cfg, ids, pixel_values=np.zeros((64, 1176), np.float32),
-                               image_grid_thw=grid)  # fmt: skip
+    arrays = {"input_ids": ids, "pixel_values": np.zeros((64, 1176), np.float32),
+              "image_grid_thw": grid}  # fmt: skip
+    inputs, _ = inputs_from_hf(cfg, arrays)
     t0 = time.perf_counter()
     jax.jit(forward).lower(graphdef, state, inputs).compile()
     return time.perf_counter() - t0

@@ -25,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from qwen25vl_jax.config import ModelConfig  # noqa: E402
+from qwen25vl_jax.data.layout import layout_slots  # noqa: E402
 from qwen25vl_jax.data.packing import Bucket  # noqa: E402
 from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator  # noqa: E402
 from qwen25vl_jax.data.pipeline_counts import efficiency  # noqa: E402
@@ -32,7 +33,6 @@ from qwen25vl_jax.data.records import RecordOptions, record_to_sample  # noqa: E
 from qwen25vl_jax.data.tokenizer import build_qwen_tokenizer  # noqa: E402
 from qwen25vl_jax.data.vision import smart_resize  # noqa: E402
 from qwen25vl_jax.data.window_plan import plan_window  # noqa: E402
-from qwen25vl_jax.model.indices import layout_slots  # noqa: E402
 
 flags.DEFINE_integer("samples", 96, "distinct records in the synthetic corpus")
 flags.DEFINE_integer("epochs", 2, "passes over the corpus (reshuffled)")

@@ -10,11 +10,12 @@ latest step). Every assistant turn of the JSONL (the training format,
 `qwen25vl_jax/data/records.py`) is one question: the turn is the truth, the turns before it the
 prompt. The task is the record's ``"task"`` field, else read from the truth: a ``bbox_2d`` is
 grounding, a number about a video is timing, a number about an image is counting. Media are
-decoded and resized as the training pipeline does (`records.load_media`): pass the training
-config (--config=experiments/configs/demo.py for the demo's checkpoints) so that the pixel
-budgets and ground_coords are the ones the model was trained with (default: the library's,
-`RecordOptions`). Answers are generated greedily in batches
-(`qwen25vl_jax.inference.Generator`); predicted boxes are mapped back to the original image.
+decoded and resized as the training pipeline does (`records.load_media`) and each prompt
+becomes a `Sample` (`data.sample.encode_sample`): pass the training config
+(--config=experiments/configs/demo.py for the demo's checkpoints) so that the pixel budgets and
+ground_coords are the ones the model was trained with (default: the library's, `RecordOptions`).
+Answers are generated greedily in batches (`qwen25vl_jax.inference.Generator`); predicted boxes
+are mapped back to the original image.
 
 Metrics and baselines: `experiments/metrics.py` (mean IoU and accuracy at IoU >= 0.5, exact-count
 accuracy, time MAE; unreadable answers count as wrong). The baselines' constants are fitted on
@@ -182,43 +183,19 @@ def baseline_stats(examples: list[Example]) -> dict:
 
 
 # ---- generation -------------------------------------------------------------------------------
-def prepare(e: Example, cfg, tokenizer, options: RecordOptions) -> dict:
-    """Prompt ids and decoded media of one example, as the training pipeline makes them
-    (coordinates in earlier turns rescaled to the resized image for "original" data)."""
-    from qwen25vl_jax.data.chat import encode_chat
+def prepare(e: Example, cfg, tokenizer, options: RecordOptions):
+    """The generation prompt (a `Sample`) of one example, its media decoded as the training
+    pipeline does (coordinates in earlier turns rescaled to the resized image for "original"
+    data)."""
     from qwen25vl_jax.data.records import ground_messages, load_media
+    from qwen25vl_jax.data.sample import encode_sample
 
     media = load_media(e.conversation, cfg, options)
     messages = e.prompt
     if options.ground_coords == "original":
         messages = ground_messages(e.conversation, media, cfg.vision.patch_size)
-    counts = {k: [int(np.prod(m[2])) // cfg.vision.merge_unit for m in media if m[0] == k]
-              for k in ("image", "video")}  # fmt: skip
-    ids, _ = encode_chat(tokenizer, messages, add_generation_prompt=True,
-                         image_token_counts=counts["image"], video_token_counts=counts["video"],
+    return encode_sample(cfg, tokenizer, messages, media, add_generation_prompt=True,
                          default_system=options.default_system)  # fmt: skip
-    return {"ids": ids, "media": media}
-
-
-def processor_arrays(items: list[dict]) -> dict[str, np.ndarray]:
-    """Processor-format arrays (right padded; the generator left-aligns) of prepared items."""
-    length = max(len(it["ids"]) for it in items)
-    ids = np.zeros((len(items), length), np.int64)
-    mask = np.zeros_like(ids)
-    for r, it in enumerate(items):
-        ids[r, : len(it["ids"])], mask[r, : len(it["ids"])] = it["ids"], 1
-    arrays = {"input_ids": ids, "attention_mask": mask}
-    media = [m for it in items for m in it["media"]]
-    for kind, pv_key, grid_key in (("image", "pixel_values", "image_grid_thw"),
-                                   ("video", "pixel_values_videos", "video_grid_thw")):  # fmt: skip
-        ms = [m for m in media if m[0] == kind]
-        if ms:
-            arrays[pv_key] = np.concatenate([m[1] for m in ms])
-            arrays[grid_key] = np.stack([m[2] for m in ms])
-    videos = [m[3] for m in media if m[0] == "video"]
-    if videos:
-        arrays["second_per_grid_ts"] = np.asarray(videos, np.float32)
-    return arrays
 
 
 def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batch_size: int = 16,
@@ -229,7 +206,6 @@ def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batc
     ViT slots padded), so each compiles once."""
     from qwen25vl_jax.inference import Generator
     from qwen25vl_jax.inference.generate import prepare_batch, round_up
-    from qwen25vl_jax.model.indices import layout_slots
     from qwen25vl_jax.model.qwen25vl import RunOptions
 
     cfg = model.cfg
@@ -240,31 +216,29 @@ def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batc
     out: list[dict] = [{}] * len(examples)
     for kind in ("image", "video", None):
         rows = [i for i, p in enumerate(prepared)
-                if (p["media"][0][0] if p["media"] else None) == kind]  # fmt: skip
+                if (p.media[0].kind if p.media else None) == kind]  # fmt: skip
         if not rows:
             continue
-        slots = max(layout_slots([m[2] for m in prepared[i]["media"]], cfg.vision) for i in rows)
-        length = round_up(max(len(prepared[i]["ids"]) for i in rows), 64)
+        slots = max(prepared[i].num_slots(cfg) for i in rows)
+        length = round_up(max(prepared[i].num_tokens for i in rows), 64)
         rows_per_batch = min(batch_size, len(rows))
         t0 = time.perf_counter()
         for start in range(0, len(rows), rows_per_batch):
             chunk = rows[start : start + rows_per_batch]
             padded = chunk + [chunk[-1]] * (rows_per_batch - len(chunk))
-            batch = prepare_batch(cfg, processor_arrays([prepared[i] for i in padded]),
-                                  length_bucket=length, patch_bucket=slots or None)  # fmt: skip
+            batch = prepare_batch(cfg, [prepared[i] for i in padded], length_bucket=length,
+                                  patch_bucket=slots or None)  # fmt: skip
             res = gen.generate(batch, max_new_tokens=max_new_tokens, stop_tokens=stop,
                                cache_size=length + round_up(max_new_tokens, 64))  # fmt: skip
             for r, i in enumerate(chunk):
                 toks = [int(t) for t in res.tokens[r, : res.num_tokens[r]] if t not in stop]
-                media = prepared[i]["media"]
-                images = [m for m in media if m[0] == "image"]
-                videos = [m for m in media if m[0] == "video"]
+                images = [m for m in prepared[i].media if m.kind == "image"]
+                videos = [m for m in prepared[i].media if m.kind == "video"]
                 out[i] = {
                     "answer": tokenizer.decode(toks, skip_special_tokens=True),
-                    "resized_hw": (int(images[-1][2][1]) * ps, int(images[-1][2][2]) * ps)
-                    if images else None,
-                    "duration": float(videos[-1][2][0] * videos[-1][3]) if videos else None,
-                }  # fmt: skip
+                    "resized_hw": images[-1].resized_hw(ps) if images else None,
+                    "duration": videos[-1].duration if videos else None,
+                }
         log(f"[eval] {len(rows)} {kind or 'text'} questions answered in "
             f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
     return out

@@ -72,71 +72,42 @@ def check_media_files(images: list[str], video: str | None) -> None:
         raise InputError(f"--video {video}: no such file")
 
 
-def build_chat_inputs(cfg, tokenizer):
-    """Encodes the images / video and the chat prompt. Returns (arrays, images) where images is
-    a list of (PIL image, resized (h, w)) for grounding."""
+def build_chat_prompt(cfg, tokenizer):
+    """Encodes the images / video and the chat prompt into one `Sample`. Returns (sample,
+    images) where images is a list of (PIL image, resized (h, w)) for grounding."""
     from PIL import Image
 
     from qwen25vl_jax import data
-    from qwen25vl_jax.data.chat import encode_chat
+    from qwen25vl_jax.data.media import image_media, video_media
+    from qwen25vl_jax.data.sample import encode_sample
 
-    v = cfg.vision
-    geo = dict(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-               merge_size=v.spatial_merge_size)  # fmt: skip
-    arrays, images, content = {}, [], []
-    pix, grids = [], []
+    media, images, content = [], [], []
     for path in FLAGS.image:
         img = Image.open(path)
         img.load()
-        px, grid = data.preprocess_image(
-            img,
-            min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
-            max_pixels=FLAGS.max_pixels or data.MAX_PIXELS,
-            **geo,
-        )
-        pix.append(px)
-        grids.append(grid)
-        images.append((img, (int(grid[1]) * v.patch_size, int(grid[2]) * v.patch_size)))
+        media.append(image_media(img, cfg.vision, min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
+                                 max_pixels=FLAGS.max_pixels or data.MAX_PIXELS))  # fmt: skip
+        images.append((img, media[-1].resized_hw(cfg.vision.patch_size)))
         content.append({"type": "image"})
-    if pix:
-        arrays["pixel_values"] = np.concatenate(pix)
-        arrays["image_grid_thw"] = np.stack(grids)
     if FLAGS.video:
         with input_errors(Exception, prefix=f"--video {FLAGS.video}: cannot decode the video: "):
             frames, fps = data.decode_video(FLAGS.video, fps=FLAGS.fps)
-        px, grid, spg = data.preprocess_video(
-            frames,
-            fps=fps,
-            min_pixels=FLAGS.min_pixels or data.VIDEO_MIN_PIXELS,
-            max_pixels=FLAGS.max_pixels or data.VIDEO_MAX_PIXELS,
-            **geo,
-        )
-        arrays.update(
-            pixel_values_videos=px,
-            video_grid_thw=grid[None],
-            second_per_grid_ts=np.asarray([spg], np.float32),
-        )
+        media.append(video_media(frames, fps, cfg.vision,
+                                 min_pixels=FLAGS.min_pixels or data.VIDEO_MIN_PIXELS,
+                                 max_pixels=FLAGS.max_pixels or data.VIDEO_MAX_PIXELS))  # fmt: skip
         content.append({"type": "video"})
     content.append({"type": "text", "text": FLAGS.prompt})
     messages = [{"role": "user", "content": content}]
     if FLAGS.system is not None:
         messages.insert(0, {"role": "system", "content": FLAGS.system})
-    tokens_of = lambda g: [int(np.prod(x)) // v.merge_unit for x in g]
-    ids, _ = encode_chat(
-        tokenizer, messages, add_generation_prompt=True,
-        image_token_counts=tokens_of(arrays.get("image_grid_thw", [])),
-        video_token_counts=tokens_of(arrays.get("video_grid_thw", [])),
-    )  # fmt: skip
-    arrays["input_ids"] = ids[None].astype(np.int64)
-    arrays["attention_mask"] = np.ones_like(arrays["input_ids"])
-    return arrays, images
+    return encode_sample(cfg, tokenizer, messages, media, add_generation_prompt=True), images
 
 
-def stream_answer(gen, arrays, tokenizer, stop, gen_kw) -> str:
+def stream_answer(gen, prompt, tokenizer, stop, gen_kw) -> str:
     """Prints the answer as tokens arrive (whole characters only); returns it."""
     ids, printed = [], ""
     t0 = time.perf_counter()
-    for step in gen.stream(arrays, stop_tokens=stop, **gen_kw):
+    for step in gen.stream([prompt], stop_tokens=stop, **gen_kw):
         tok = int(step[0])
         if tok in stop:
             break
@@ -207,7 +178,10 @@ def main(argv):
             tokenizer = load_tokenizer(FLAGS.tokenizer_dir or FLAGS.hf_dir or FLAGS.checkpoint)
         except FileNotFoundError as err:
             raise InputError(f"{one_line(err)}; or pass --tokenizer_dir") from None
-        arrays, images = build_chat_inputs(cfg, tokenizer)
+        from qwen25vl_jax.data.hf_format import hf_from_samples
+
+        prompt, images = build_chat_prompt(cfg, tokenizer)
+        arrays = hf_from_samples([prompt])  # checked at the door as --inputs are
         source = "the prompt (check --tokenizer_dir matches the model)"
     check_processor_arrays(arrays, cfg, source)
     set_matmul_precision(FLAGS.matmul_precision)
@@ -236,7 +210,7 @@ def main(argv):
         t for t in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
         if t is not None
     ) or (cfg.eos_token_id, cfg.bos_token_id)  # fmt: skip
-    answer = stream_answer(gen, arrays, tokenizer, stop, gen_kw)
+    answer = stream_answer(gen, prompt, tokenizer, stop, gen_kw)
     report_grounding(answer, images)
 
 

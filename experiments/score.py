@@ -49,14 +49,11 @@ def score(model, model_cfg, arrays: dict, opts=None) -> dict[str, np.ndarray]:
     import jax  # imported here: bad inputs are reported before JAX loads
     from flax import nnx
 
-    from qwen25vl_jax.model.inputs import inputs_from_hf
+    from qwen25vl_jax.data.hf_format import inputs_from_hf
     from qwen25vl_jax.model.qwen25vl import RunOptions, forward
 
     opts = RunOptions() if opts is None else opts
-    media = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, deltas = inputs_from_hf(
-        model_cfg, arrays["input_ids"], arrays.get("attention_mask"), **media
-    )
+    inputs, deltas = inputs_from_hf(model_cfg, arrays)
     graphdef, state = nnx.split(model)
     logits = jax.jit(forward, static_argnums=3)(graphdef, state, inputs, opts)
     return {

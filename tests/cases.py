@@ -1,10 +1,14 @@
-"""Whole-model input cases in the Hugging Face processor format (random pixels and text)."""
+"""Whole-model input cases (random pixels and text): as samples, and in the Hugging Face
+processor format (the same samples through `hf_format.hf_from_samples`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.data.hf_format import hf_from_samples
+from qwen25vl_jax.data.media import Media
+from qwen25vl_jax.data.sample import Sample, make_sample
 
 
 def _media(cfg: ModelConfig, grid, video: bool) -> list[int]:
@@ -13,41 +17,35 @@ def _media(cfg: ModelConfig, grid, video: bool) -> list[int]:
     return [cfg.vision_start_token_id] + [pad] * n + [cfg.vision_end_token_id]
 
 
-def make_case(cfg: ModelConfig, rows: list[list], seed: int = 0, pad: str = "left") -> dict:
+def make_samples(cfg: ModelConfig, rows: list[list], seed: int = 0) -> list[Sample]:
     """rows: per row a list of items: int (that many random text tokens), ("image", (t,h,w)),
-    ("video", (t,h,w), second_per_grid_t). Returns processor-format arrays."""
+    ("video", (t,h,w), second_per_grid_t). Returns one `Sample` per row (nothing supervised).
+    Draws text for every row first, then the pixels of all images, then of all videos."""
     rng = np.random.default_rng(seed)
-    ids_rows, images, videos, spg = [], [], [], []
-    for row in rows:
+    ids_rows, items = [], []  # items: (row, kind, grid, second_per_grid_t)
+    for r, row in enumerate(rows):
         ids = []
         for item in row:
             if isinstance(item, int):
                 ids += rng.integers(0, 200, item).tolist()
-            elif item[0] == "image":
-                ids += _media(cfg, item[1], False)
-                images.append(item[1])
             else:
-                ids += _media(cfg, item[1], True)
-                videos.append(item[1])
-                spg.append(item[2])
+                ids += _media(cfg, item[1], item[0] == "video")
+                items.append((r, item[0], item[1], item[2] if item[0] == "video" else None))
         ids_rows.append(ids)
-    length = max(len(r) for r in ids_rows)
-    input_ids = np.zeros((len(rows), length), np.int64)
-    mask = np.zeros_like(input_ids)
-    for b, ids in enumerate(ids_rows):
-        sl = slice(length - len(ids), length) if pad == "left" else slice(0, len(ids))
-        input_ids[b, sl], mask[b, sl] = ids, 1
-    pd = cfg.vision.patch_dim
-    npatch = lambda gs: sum(int(np.prod(g)) for g in gs)  # noqa: E731
-    out = {"input_ids": input_ids, "attention_mask": mask}
-    if images:
-        out["pixel_values"] = rng.standard_normal((npatch(images), pd)).astype(np.float32)
-        out["image_grid_thw"] = np.asarray(images, np.int64)
-    if videos:
-        out["pixel_values_videos"] = rng.standard_normal((npatch(videos), pd)).astype(np.float32)
-        out["video_grid_thw"] = np.asarray(videos, np.int64)
-        out["second_per_grid_ts"] = np.asarray(spg, np.float32)
-    return out
+    built: dict[int, Media] = {}  # item index -> its Media
+    for kind in ("image", "video"):
+        of_kind = [k for k, it in enumerate(items) if it[1] == kind]
+        sizes = [int(np.prod(items[k][2])) for k in of_kind]
+        pixels = rng.standard_normal((sum(sizes), cfg.vision.patch_dim)).astype(np.float32)
+        for k, start, size in zip(of_kind, np.cumsum([0] + sizes), sizes):
+            built[k] = Media(kind, pixels[start : start + size], items[k][2], items[k][3])
+    media = [[built[k] for k, it in enumerate(items) if it[0] == r] for r in range(len(rows))]
+    return [make_sample(cfg, ids, None, m) for ids, m in zip(ids_rows, media, strict=True)]
+
+
+def make_case(cfg: ModelConfig, rows: list[list], seed: int = 0, pad: str = "left") -> dict:
+    """`make_samples`' rows as processor-format arrays, padded on the `pad` side with 0."""
+    return hf_from_samples(make_samples(cfg, rows, seed), padding=pad)
 
 
 # name -> rows; grids chosen so windows are ragged (llm grids not multiples of the window side).

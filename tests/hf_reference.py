@@ -11,7 +11,7 @@ import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.model.indices import token_modalities
+from qwen25vl_jax.data.layout import token_modalities
 
 
 def build_hf_model(cfg: ModelConfig, seed: int = 0, std: float = 0.05):

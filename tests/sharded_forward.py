@@ -13,18 +13,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from qwen25vl_jax.data.hf_format import inputs_from_hf
 from qwen25vl_jax.hf_weights import load_hf
-from qwen25vl_jax.model.inputs import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import forward
 from qwen25vl_jax.sharding import logical_to_spec, make_mesh, state_shardings
 from tests.cases import make_case
-
-INPUT_NAMES = {  # logical names of each ModelInputs field
-    "tokens": ("batch", "length"), "segment_ids": ("batch", "length"),
-    "positions": (None, "batch", "length"), "vision_index": ("batch", "length"),
-    "patches": ("batch", None, None), "vit_positions": ("batch", None, None),
-    "vit_segment_ids": ("batch", None),
-}  # fmt: skip
 
 
 def main(hf_dir: str, data: int, fsdp: int, tensor: int) -> int:
@@ -33,18 +26,14 @@ def main(hf_dir: str, data: int, fsdp: int, tensor: int) -> int:
     model, cfg = load_hf(hf_dir)
     rows = [[3, ("image", (1, 6, 10)), 9], [2, ("video", (2, 4, 6), 0.5), 3]] * 2
     arrays = make_case(cfg, rows, seed=1)
-    kw = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, _ = inputs_from_hf(cfg, arrays["input_ids"], arrays["attention_mask"], **kw)
+    inputs, _ = inputs_from_hf(cfg, arrays)
     graphdef, state = nnx.split(model)
     single = np.asarray(jax.jit(forward)(graphdef, state, inputs))
 
     mesh = make_mesh(data, fsdp, tensor)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    in_sh = type(inputs)(**{
-        k: NamedSharding(mesh, logical_to_spec(n, getattr(inputs, k).shape, mesh))
-        for k, n in INPUT_NAMES.items()
-    })  # fmt: skip
+    in_sh = shardings(inputs, mesh)
     inputs = jax.device_put(inputs, in_sh)
     n_sharded = sum(len(a.sharding.device_set) > 1 and not a.sharding.is_fully_replicated
                     for a in jax.tree.leaves(state))  # fmt: skip

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qwen25vl_jax.data.hf_format import inputs_from_hf
 from qwen25vl_jax.hf_weights import load_hf
-from qwen25vl_jax.model.inputs import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import RunOptions, forward
 from tests.cases import CASES, make_case
 
@@ -21,8 +21,7 @@ MAX_TOL, MEAN_TOL = 0.03, 0.005
 @pytest.mark.parametrize("case", ["image_and_video", "batch2_left_pad", "text_only"])
 def test_bf16_close_to_f32(tiny, case):
     arrays = make_case(tiny.cfg, CASES[case])
-    kw = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, _ = inputs_from_hf(tiny.cfg, arrays["input_ids"], arrays["attention_mask"], **kw)
+    inputs, _ = inputs_from_hf(tiny.cfg, arrays)
     run = jax.jit(forward, static_argnums=3)
     f32 = np.asarray(run(*nnx.split(tiny.jax), inputs, RunOptions()))
     bf16_model, _ = load_hf(tiny.path, param_dtype=jnp.bfloat16)

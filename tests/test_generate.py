@@ -20,7 +20,7 @@ import pytest
 
 from qwen25vl_jax.inference import Generator, Sampling, generate, warp_logits
 from qwen25vl_jax.inference.generate import geometric_bucket, prepare_batch
-from tests.cases import CASES, make_case
+from tests.cases import CASES, make_case, make_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_NEW = 12
@@ -107,7 +107,7 @@ def test_prompts_are_bucketed_and_left_aligned(tiny, gen):
         1, 2, 3, 6, 8, 12, 16, 24, 48,
     ]  # fmt: skip
     cfg = tiny.cfg
-    batch = prepare_batch(cfg, make_case(cfg, CASES["two_images"], seed=1))
+    batch = prepare_batch(cfg, make_samples(cfg, CASES["two_images"], seed=1))
     wp = cfg.vision.window_patches
     assert batch.prompt_len == 64 and batch.inputs.patches.shape[1] in {
         geometric_bucket(n) * wp for n in range(1, 99)

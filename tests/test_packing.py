@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Sample, make_sample, stack_examples
-from qwen25vl_jax.data.packing import Bucket, assemble_example, first_fit_decreasing, truncate
+from qwen25vl_jax.data.assemble import assemble
+from qwen25vl_jax.data.media import Media
+from qwen25vl_jax.data.packing import Bucket, first_fit_decreasing, truncate
+from qwen25vl_jax.data.sample import Sample, make_sample
 from qwen25vl_jax.model.qwen25vl import forward
 
 CFG = ModelConfig.tiny()
@@ -28,7 +30,7 @@ def random_sample(rng, n_media: int, n_text: int) -> Sample:
         ids += [CFG.video_token_id if video else CFG.image_token_id] * (int(np.prod(grid)) // 4)
         ids += [CFG.vision_end_token_id]
         pix = rng.standard_normal((int(np.prod(grid)), CFG.vision.patch_dim)).astype(np.float32)
-        media.append(("video" if video else "image", pix, grid, 0.75 if video else None))
+        media.append(Media("video" if video else "image", pix, grid, 0.75 if video else None))
     loss = [False] * len(ids)
     reply = rng.integers(0, 200, n_text).tolist()
     ids, loss = ids + reply, loss + [True] * len(reply)
@@ -37,6 +39,11 @@ def random_sample(rng, n_media: int, n_text: int) -> Sample:
 
 def sizes(samples):
     return [(s.num_tokens, s.num_slots(CFG)) for s in samples]
+
+
+def packed(samples, bucket):
+    """One row holding `samples`, a batch of 1."""
+    return assemble([samples], CFG, seq_len=bucket.seq_len, num_slots=bucket.num_slots)
 
 
 @settings(max_examples=40, deadline=None)
@@ -50,23 +57,23 @@ def test_packing_invariants(seed, n):
     bins = first_fit_decreasing(sizes(samples), bucket)
     assert sorted(i for b in bins for i in b) == list(range(n))
     for b in bins:
-        ex = assemble_example([samples[i] for i in b], bucket, CFG)
-        seg = ex["segment_ids"]
+        ex = packed([samples[i] for i in b], bucket)
+        seg = ex.segment_ids[0]
         for k, i in enumerate(b, start=1):
             s, here = samples[i], seg == k
-            np.testing.assert_array_equal(ex["tokens"][here], s.input_ids)
+            np.testing.assert_array_equal(ex.tokens[0][here], s.input_ids)
             np.testing.assert_array_equal(
-                ex["positions"][:, here], s.positions
+                ex.positions[:, 0][:, here], s.positions
             )  # restart per sample
             # supervised targets are exactly the sample's assistant tokens after the first token
-            np.testing.assert_array_equal(ex["loss_mask"][here][:-1], s.loss_mask[1:])
-            assert ex["loss_mask"][here][-1] == 0
+            np.testing.assert_array_equal(ex.loss_mask[0][here][:-1], s.loss_mask[1:])
+            assert ex.loss_mask[0][here][-1] == 0
         # the ViT's frame segments never mix samples: every frame id belongs to one sample
         vit_sample = {}
-        units = ex["vision_index"]
+        units = ex.vision_index[0]
         for pos in np.flatnonzero(units >= 0):
             slot = units[pos]
-            frame = ex["vit_segment_ids"][slot * 4]
+            frame = ex.vit_segment_ids[0][slot * 4]
             assert vit_sample.setdefault(frame, seg[pos]) == seg[pos]
 
 
@@ -77,13 +84,12 @@ def test_packed_logits_equal_each_sample_alone(tiny):
     run = jax.jit(forward)
     bucket = Bucket(seq_len=sum(s.num_tokens for s in samples) + 7,
                     num_slots=sum(s.num_slots(CFG) for s in samples) + 16)  # fmt: skip
-    packed = stack_examples([assemble_example(samples, bucket, CFG)])
-    logits = np.asarray(run(graphdef, state, packed.inputs))[0]
+    together = packed(samples, bucket)
+    logits = np.asarray(run(graphdef, state, together.inputs))[0]
     for k, s in enumerate(samples, start=1):
-        alone_bucket = Bucket(s.num_tokens, s.num_slots(CFG))
-        alone = stack_examples([assemble_example([s], alone_bucket, CFG)])
+        alone = packed([s], Bucket(s.num_tokens, s.num_slots(CFG)))
         ref = np.asarray(run(graphdef, state, alone.inputs))[0]
-        diff = np.abs(logits[packed.segment_ids[0] == k] - ref).max()
+        diff = np.abs(logits[together.segment_ids[0] == k] - ref).max()
         assert diff <= 1e-4, (k, diff)
 
 

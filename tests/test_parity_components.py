@@ -14,8 +14,9 @@ from transformers.vision_utils import (
     get_vision_window_index,
 )
 
+from qwen25vl_jax.data.hf_format import rope_index
+from qwen25vl_jax.data.layout import vision_layout, vision_rope_positions
 from qwen25vl_jax.model.decoder import decoder_layer
-from qwen25vl_jax.model.indices import rope_index, vision_layout, vision_rope_positions
 from qwen25vl_jax.model.rope import mrope, vision_rope
 from qwen25vl_jax.model.vision import vision_block
 from tests.cases import make_case

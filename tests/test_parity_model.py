@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qwen25vl_jax.model.inputs import inputs_from_hf
+from qwen25vl_jax.data.hf_format import inputs_from_hf
 from qwen25vl_jax.model.qwen25vl import forward
 from tests.cases import CASES, make_case
 from tests.hf_reference import hf_logits
@@ -16,8 +16,7 @@ TOL = 1e-4
 
 
 def run_ours(model, cfg, arrays):
-    kw = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, deltas = inputs_from_hf(cfg, arrays["input_ids"], arrays["attention_mask"], **kw)
+    inputs, deltas = inputs_from_hf(cfg, arrays)
     graphdef, state = nnx.split(model)
     return np.asarray(jax.jit(forward)(graphdef, state, inputs)), inputs, deltas
 

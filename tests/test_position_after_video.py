@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qwen25vl_jax.config import ModelConfig, config_from_hf_dict
-from qwen25vl_jax.model.indices import rope_index
+from qwen25vl_jax.data.hf_format import rope_index
 
 
 def _sequence(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -58,9 +58,17 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 def samples_equal(a, b) -> None:
+    """Field by field (a Sample's media: each Media field by field)."""
     for f in dataclasses.fields(a):
         x, y = getattr(a, f.name), getattr(b, f.name)
-        assert (x == y) if isinstance(x, tuple) else np.array_equal(x, y), f.name
+        if f.name == "media":
+            assert len(x) == len(y), f.name
+            for mx, my in zip(x, y, strict=True):
+                samples_equal(mx, my)
+        elif isinstance(x, np.ndarray):
+            assert np.array_equal(x, y), f.name
+        else:
+            assert x == y, f.name
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,7 @@ def test_messages_format_end_to_end(tok, media):
     }
     opts = dataclasses.replace(OPTS, media_root=str(media))
     s = record_to_sample(json.dumps(record).encode(), "r:1", cfg=CFG, tokenizer=tok, options=opts)
-    assert s.kinds == ("video", "image", "image")
+    assert tuple(m.kind for m in s.media) == ("video", "image", "image")
 
     pv_a, g_a = preprocess_image(Image.open(media / "a.png"), max_pixels=112 * 112)
     pv_b, g_b = preprocess_image(Image.open(media / "b.jpg"), max_pixels=112 * 112)
@@ -100,7 +108,8 @@ def test_messages_format_end_to_end(tok, media):
     pv_v, g_v, _ = preprocess_video(frames, fps=fps, min_pixels=56 * 56, max_pixels=56 * 56,
                                     total_pixels=OPTS.video_total_pixels)  # fmt: skip
     np.testing.assert_array_equal(s.grids, np.stack([g_v, g_a, g_b]))
-    np.testing.assert_array_equal(s.patches, np.concatenate([pv_v, pv_a, pv_b]))
+    patches = np.concatenate([m.patches for m in s.media])
+    np.testing.assert_array_equal(patches, np.concatenate([pv_v, pv_a, pv_b]))
 
     structured = [
         {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
@@ -132,7 +141,7 @@ def test_sharegpt_format_equals_messages_format(tok, media):
     sa = record_to_sample(a, "a", cfg=CFG, tokenizer=tok, options=opts)
     sb = record_to_sample(b, "b", cfg=CFG, tokenizer=tok, options=opts)
     samples_equal(sa, sb)
-    assert sa.kinds == ("image",) and sa.num_tokens > 20
+    assert tuple(m.kind for m in sa.media) == ("image",) and sa.num_tokens > 20
 
 
 def test_sources_jsonl_and_arrayrecord(tmp_path):

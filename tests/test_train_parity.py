@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from qwen25vl_jax.data.batch import batch_from_hf
+from qwen25vl_jax.data.hf_format import batch_from_hf
 from qwen25vl_jax.hf_weights import expected_names, released_name
 from qwen25vl_jax.model.qwen25vl import RunOptions
 from qwen25vl_jax.param_paths import flatten

@@ -15,38 +15,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import grain
-import numpy as np
 
 from qwen25vl_jax.cli_errors import InputError
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Batch, Sample, stack_examples
-from qwen25vl_jax.data.packing import Bucket, assemble_example
+from qwen25vl_jax.data.assemble import assemble
+from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.pipeline_counts import new_counts
+from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.data.window_plan import plan_window
+from qwen25vl_jax.model.inputs import Batch
 
 
 class TooManyBadRecords(InputError):
     """So many consecutive records were bad that the data (or its media root) must be wrong."""
-
-
-def empty_example(
-    bucket: Bucket, cfg: ModelConfig, pad_id: int | None = None
-) -> dict[str, np.ndarray]:
-    """A packed example with no sample (segment ids 0, no loss): fills a batch a window cannot.
-    pad_id: default the model's <|endoftext|> (`bos_token_id`), in range for its vocabulary."""
-    pad_id = cfg.bos_token_id if pad_id is None else pad_id
-    length, n = bucket.seq_len, bucket.num_slots
-    return {
-        "tokens": np.full(length, pad_id, np.int32),
-        "segment_ids": np.zeros(length, np.int32),
-        "positions": np.zeros((3, length), np.int32),
-        "vision_index": np.full(length, -1, np.int32),
-        "patches": np.zeros((n, cfg.vision.patch_dim), np.float32),
-        "vit_positions": np.zeros((n, 2), np.int32),
-        "vit_segment_ids": np.zeros(n, np.int32),
-        "targets": np.zeros(length, np.int32),
-        "loss_mask": np.zeros(length, np.float32),
-    }
 
 
 @dataclasses.dataclass
@@ -128,7 +109,7 @@ class PackIterator(grain.DatasetIterator):
         c["examples"] += self._ds.batch_size
         c["padding_examples"] += self._ds.batch_size - len(bins)
         c["real_tokens"] += sum(samples[i].num_tokens for b in bins for i in b)
-        c["real_patches"] += sum(len(samples[i].patches) for b in bins for i in b)
+        c["real_patches"] += sum(samples[i].num_patches for b in bins for i in b)
         c["token_capacity"] += self._ds.batch_size * bucket.seq_len
         c["patch_capacity"] += self._ds.batch_size * bucket.num_slots
 
@@ -147,11 +128,9 @@ class PackIterator(grain.DatasetIterator):
         self._emitted += 1
         self._count_batch(h, bins)
         bucket, samples = d.buckets_sorted[h], self._window.samples
-        examples = [
-            assemble_example([samples[i] for i in b], bucket, d.cfg, d.pad_id) for b in bins
-        ]
-        examples += [empty_example(bucket, d.cfg, d.pad_id)] * (d.batch_size - len(bins))
-        return stack_examples(examples)
+        rows = [[samples[i] for i in b] for b in bins] + [[]] * (d.batch_size - len(bins))
+        return assemble(rows, d.cfg, seq_len=bucket.seq_len, num_slots=bucket.num_slots,
+                        pad_id=d.pad_id)  # fmt: skip
 
     def get_state(self) -> dict[str, Any]:
         w = self._window

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Sample
 from qwen25vl_jax.data.packing import Bucket, truncate
 from qwen25vl_jax.data.records import RecordError, record_to_sample
+from qwen25vl_jax.data.sample import Sample
 
 if TYPE_CHECKING:
     from qwen25vl_jax.data.pipeline import PipelineConfig

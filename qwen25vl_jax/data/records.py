@@ -38,8 +38,8 @@ from PIL import Image
 
 from qwen25vl_jax.cli_errors import InputError
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Sample, make_sample
-from qwen25vl_jax.data.chat import encode_chat
+from qwen25vl_jax.data.media import Media, image_media, video_media
+from qwen25vl_jax.data.sample import Sample, encode_sample
 from qwen25vl_jax.data.video import (
     FPS,
     FPS_MAX_FRAMES,
@@ -47,9 +47,8 @@ from qwen25vl_jax.data.video import (
     VIDEO_MIN_PIXELS,
     VIDEO_TOTAL_PIXELS,
     decode_video,
-    preprocess_video,
 )
-from qwen25vl_jax.data.vision import MAX_PIXELS, MIN_PIXELS, preprocess_image, scale_boxes
+from qwen25vl_jax.data.vision import MAX_PIXELS, MIN_PIXELS, scale_boxes
 
 REASONS = (
     "malformed",  # not JSON, wrong schema, bad grounding list, vision token in text
@@ -229,22 +228,18 @@ def resolve_media(root: str, path: str) -> str:
     return path if not root or os.path.isabs(path) else os.path.join(root, path)
 
 
-def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> list[tuple]:
-    """Decodes and preprocesses the media of ``conv``: a list of (kind, pixel_values float32[p,
-    1176], grid_thw int64[3], second_per_grid_t | None, original (h, w))."""
-    v, out = cfg.vision, []
-    sizes = dict(patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-                 merge_size=v.spatial_merge_size)  # fmt: skip
+def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> list[Media]:
+    """Decodes and preprocesses the media of ``conv`` (in order) into `Media`."""
+    out = []
     for ref in conv.media:
         path = resolve_media(options.media_root, ref.path)
         if ref.kind == "image":
             image = load_image(path, conv.record_id)
             try:
-                pv, grid = preprocess_image(image, min_pixels=options.min_pixels,
-                                            max_pixels=options.max_pixels, **sizes)  # fmt: skip
+                out.append(image_media(image, cfg.vision, min_pixels=options.min_pixels,
+                                       max_pixels=options.max_pixels))  # fmt: skip
             except ValueError as err:  # e.g. aspect ratio over 200
                 raise RecordError(conv.record_id, "corrupt_media", f"image {path}: {err}") from err
-            out.append(("image", pv, grid, None, (image.height, image.width)))
             continue
         opts = dict(ref.options)
         if not os.path.isfile(path):
@@ -255,21 +250,17 @@ def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> 
                 nframes=opts.get("nframes"), start_s=opts.get("start"), end_s=opts.get("end"),
                 max_frames=options.video_max_frames,
             )  # fmt: skip
-            pv, grid, spg = preprocess_video(
-                frames, fps=fps, min_pixels=options.video_min_pixels,
-                max_pixels=options.video_max_pixels, total_pixels=options.video_total_pixels,
-                **sizes,
-            )  # fmt: skip
+            out.append(video_media(frames, fps, cfg.vision, min_pixels=options.video_min_pixels,
+                                   max_pixels=options.video_max_pixels,
+                                   total_pixels=options.video_total_pixels))  # fmt: skip
         except Exception as err:  # VideoDecodeError, FFmpeg errors, no valid frame count
             raise RecordError(conv.record_id, "corrupt_media", f"video {path}: {err}") from err
-        out.append(("video", pv, grid, spg, frames.shape[1:3]))
     return out
 
 
-def ground_messages(conv: Conversation, media: list[tuple], patch_size: int) -> list[dict]:
+def ground_messages(conv: Conversation, media: list[Media], patch_size: int) -> list[dict]:
     """Messages with grounding coordinates rescaled to the resized image they refer to."""
-    images = [(m[4], (int(m[2][1]) * patch_size, int(m[2][2]) * patch_size))
-              for m in media if m[0] == "image"]  # fmt: skip
+    images = [(m.original_hw, m.resized_hw(patch_size)) for m in media if m.kind == "image"]
     current, seen, messages = (images[0] if images else None), 0, []
     for message in conv.messages:
         content = []
@@ -305,18 +296,14 @@ def record_to_sample(
     options: RecordOptions = RecordOptions(),  # noqa: B008 (frozen)
 ) -> Sample:
     """One record -> `Sample` (input_ids int32[n], loss_mask bool[n], positions int32[3, n],
-    patches float32[p, 1176], grids int64[m, 3]). Raises RecordError naming the record."""
+    media). Raises RecordError naming the record."""
     conv = parse_record(decode_record(payload, record_id), record_id)
     media = load_media(conv, cfg, options)
     messages = conv.messages
     if options.ground_coords == "original":
         messages = ground_messages(conv, media, cfg.vision.patch_size)
-    counts = {k: [int(np.prod(m[2])) // cfg.vision.merge_unit for m in media if m[0] == k]
-              for k in ("image", "video")}  # fmt: skip
     try:
-        ids, mask = encode_chat(tokenizer, messages, image_token_counts=counts["image"],
-                                video_token_counts=counts["video"],
-                                default_system=options.default_system)  # fmt: skip
+        return encode_sample(cfg, tokenizer, messages, media,
+                             default_system=options.default_system)  # fmt: skip
     except ValueError as err:  # vision tokens written in the text, and the like
         raise RecordError(conv.record_id, "malformed", str(err)) from err
-    return make_sample(cfg, ids, mask, [m[:4] for m in media])

@@ -1,8 +1,8 @@
 """Batched generation: one compiled prefill per shape bucket, one compiled decode step.
 
-Host side, `prepare_batch` left-aligns the prompts (left padding), pads their length to a
-multiple of `length_bucket` and the ViT slots to a multiple of `patch_bucket`, and computes the
-3-D positions and the `rope_deltas` of *this* batch. On the device:
+Host side, `prepare_batch` places the prompts (one `Sample` each) with left padding through the
+one assembler (`data/assemble.py`), their length padded to a multiple of `length_bucket` and the
+ViT slots to a bucket, and takes the `rope_deltas` of *these* prompts. On the device:
 
 - prefill: the vision tower runs once, the decoder fills the KV cache, the first token is
   chosen from the last position's logits;
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,19 +31,17 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.data.assemble import assemble
+from qwen25vl_jax.data.hf_format import samples_from_hf
+from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.inference.kv_cache import KVCache, init_cache
 from qwen25vl_jax.inference.sampling import Sampling, sample
-from qwen25vl_jax.model.inputs import ModelInputs, inputs_from_hf
+from qwen25vl_jax.model.inputs import ModelInputs, place
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.sharding import logical_to_spec, state_shardings
 
 MAX_STOP_TOKENS = 8  # stop ids are data (padded with -1), so changing them compiles nothing
-
-MEDIA_KEYS = (
-    "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw",
-    "second_per_grid_ts",
-)  # fmt: skip
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -74,47 +72,35 @@ class PreparedBatch:
 
 def prepare_batch(
     cfg: ModelConfig,
-    arrays: Mapping[str, np.ndarray],
+    prompts: Sequence[Sample],
     *,
     length_bucket: int = 64,
     patch_bucket: int | None = None,
     pad_token: int | None = None,
 ) -> PreparedBatch:
-    """Processor-format arrays (`input_ids`, `attention_mask`, media) -> `PreparedBatch`.
+    """Prompt samples (one per row) -> `PreparedBatch`, left padded.
 
-    Rows may be left or right padded (or not at all): real tokens are moved to the right end.
     length_bucket: the prompt length is rounded up to a multiple of it. patch_bucket: the ViT
     slots per row are rounded up to a multiple of it (a multiple of `window_patches`); None =
     a geometric bucket of windows (1, 2, 3, 4, 6, 8, 12, ... windows): the ViT's full-attention
     layers cost grows with the square of the slots, so fixed coarse multiples waste the most.
+    pad_token: the token of pad positions (default: bos).
     """
-    ids = np.asarray(arrays["input_ids"], np.int64)
-    if ids.ndim == 1:
-        ids = ids[None]
-    mask = np.asarray(arrays.get("attention_mask", np.ones_like(ids)), np.int64).reshape(ids.shape)
-    num_real = mask.sum(-1)
-    if (num_real == 0).any():
+    num_real = np.asarray([s.num_tokens for s in prompts], np.int32)
+    if not len(prompts) or (num_real == 0).any():
         raise ValueError("every row needs at least one prompt token")
-    length = round_up(num_real.max(), length_bucket)
-    pad = cfg.bos_token_id if pad_token is None else pad_token
-    new_ids = np.full((ids.shape[0], length), pad, np.int64)
-    new_mask = np.zeros_like(new_ids)
-    for row in range(ids.shape[0]):
-        new_ids[row, length - num_real[row] :] = ids[row][mask[row].astype(bool)]
-        new_mask[row, length - num_real[row] :] = 1
-    media = {k: np.asarray(arrays[k]) for k in MEDIA_KEYS if arrays.get(k) is not None}
-    inputs, deltas = inputs_from_hf(cfg, new_ids, new_mask, **media)
-    slots, wp = inputs.patches.shape[1], cfg.vision.window_patches
-    if slots:
-        if patch_bucket is None:
-            bucket = geometric_bucket(slots // wp) * wp
-        elif patch_bucket % wp:
-            raise ValueError(f"patch_bucket {patch_bucket} is not a multiple of {wp} patches")
-        else:
-            bucket = round_up(slots, patch_bucket)
-        if bucket != slots:
-            inputs, _ = inputs_from_hf(cfg, new_ids, new_mask, num_patches=bucket, **media)
-    return PreparedBatch(inputs, deltas[:, 0].astype(np.int32), num_real.astype(np.int32))
+    slots, wp = max(s.num_slots(cfg) for s in prompts), cfg.vision.window_patches
+    if slots and patch_bucket is None:
+        slots = geometric_bucket(slots // wp) * wp
+    elif slots and patch_bucket % wp:
+        raise ValueError(f"patch_bucket {patch_bucket} is not a multiple of {wp} patches")
+    elif slots:
+        slots = round_up(slots, patch_bucket)
+    batch = assemble([[s] for s in prompts], cfg, seq_len=round_up(num_real.max(), length_bucket),
+                     num_slots=slots, padding="left",
+                     pad_id=cfg.bos_token_id if pad_token is None else pad_token)  # fmt: skip
+    deltas = np.asarray([s.rope_delta for s in prompts], np.int32)
+    return PreparedBatch(batch.inputs, deltas, num_real)
 
 
 # ---- device side ------------------------------------------------------------------------------
@@ -241,14 +227,6 @@ class GenerateOutput:
     prompt_len: int
 
 
-_INPUT_AXES = {
-    "tokens": ("batch", "length"), "segment_ids": ("batch", "length"),
-    "positions": (None, "batch", "length"), "vision_index": ("batch", "length"),
-    "patches": ("batch", None, None), "vit_positions": ("batch", None, None),
-    "vit_segment_ids": ("batch", None),
-}  # fmt: skip
-
-
 class Generator:
     """Generation with one model, on one device or on a mesh (heads over `tensor`, batch over
     `data`). The jitted functions are module-level, so generators share compilations.
@@ -271,30 +249,32 @@ class Generator:
         self.graphdef, state = nnx.split(model)
         self.state = state if mesh is None else jax.device_put(state, state_shardings(state, mesh))
 
-    def prepare(self, arrays: Mapping[str, np.ndarray] | PreparedBatch) -> PreparedBatch:
-        if isinstance(arrays, PreparedBatch):
-            return arrays
-        return prepare_batch(self.cfg, arrays, length_bucket=self.length_bucket,
+    def prepare(self, prompts: Sequence[Sample] | Mapping[str, np.ndarray] | PreparedBatch
+                ) -> PreparedBatch:  # fmt: skip
+        """Prompt samples, or processor-format arrays (any padding; converted at the edge by
+        `hf_format.samples_from_hf`), -> a `PreparedBatch` in this generator's buckets."""
+        if isinstance(prompts, PreparedBatch):
+            return prompts
+        if isinstance(prompts, Mapping):
+            prompts = samples_from_hf(self.cfg, prompts)
+        return prepare_batch(self.cfg, prompts, length_bucket=self.length_bucket,
                              patch_bucket=self.patch_bucket)  # fmt: skip
 
     def _mesh_context(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
-    def _place(self, tree, axes: Mapping[str, tuple] | tuple):
+    def _place_rows(self, x: np.ndarray) -> np.ndarray | jax.Array:
+        """A per-row vector int32[B] split over the mesh's batch axes like the inputs."""
         if self.mesh is None:
-            return tree
-        put = lambda x, names: jax.device_put(
-            x, NamedSharding(self.mesh, logical_to_spec(names, np.shape(x), self.mesh))
-        )
-        if isinstance(tree, ModelInputs):
-            return ModelInputs(**{k: put(getattr(tree, k), v) for k, v in axes.items()})
-        return put(tree, axes)
+            return x
+        spec = logical_to_spec(("batch",), np.shape(x), self.mesh)
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
 
-    def start(self, arrays, *, max_new_tokens: int, sampling: Sampling = Sampling(),
+    def start(self, prompts, *, max_new_tokens: int, sampling: Sampling = Sampling(),
               key: jax.Array | int = 0, stop_tokens=None, pad_token: int | None = None,
               cache_size: int | None = None, return_logits: bool = False):  # fmt: skip
         """Runs the prefill; returns (DecodeState with the first token, static options, batch)."""
-        batch = self.prepare(arrays)
+        batch = self.prepare(prompts)
         length = batch.prompt_len
         if cache_size is None:
             cache_size = round_up(length + max(max_new_tokens - 1, 1), self.cache_bucket)
@@ -316,9 +296,9 @@ class Generator:
         key = jax.random.key(key) if isinstance(key, int) else key
         with self._mesh_context():
             ds = prefill_fn(
-                self.graphdef, self.state, self._place(batch.inputs, _INPUT_AXES),
-                self._place(batch.rope_deltas, ("batch",)),
-                self._place(batch.num_real, ("batch",)), key, stop, pad,
+                self.graphdef, self.state, place(batch.inputs, self.mesh),
+                self._place_rows(batch.rope_deltas), self._place_rows(batch.num_real), key,
+                stop, pad,
                 cache_size=cache_size, cache_dtype=self.cache_dtype, out_len=out_len,
                 return_logits=return_logits, st=st,
             )  # fmt: skip
@@ -329,13 +309,13 @@ class Generator:
         with self._mesh_context():
             return decode_step_fn(self.graphdef, self.state, ds, st=st)
 
-    def generate(self, arrays, *, max_new_tokens: int, **kw) -> GenerateOutput:
+    def generate(self, prompts, *, max_new_tokens: int, **kw) -> GenerateOutput:
         """Generates up to `max_new_tokens` per row in one compiled loop.
 
-        arrays: processor-format arrays or a `PreparedBatch`; kw: as `start` (sampling, key,
+        prompts: as `prepare` takes them; kw: as `start` (sampling, key,
         stop_tokens, pad_token, cache_size, return_logits).
         """
-        ds, st, batch = self.start(arrays, max_new_tokens=max_new_tokens, **kw)
+        ds, st, batch = self.start(prompts, max_new_tokens=max_new_tokens, **kw)
         return self._output(self.decode(ds, st, max_new_tokens), max_new_tokens, batch)
 
     def decode(self, ds: DecodeState, st: _Static, max_new_tokens: int) -> DecodeState:
@@ -343,10 +323,10 @@ class Generator:
         with self._mesh_context():
             return decode_loop_fn(self.graphdef, self.state, ds, jnp.int32(max_new_tokens), st=st)
 
-    def stream(self, arrays, *, max_new_tokens: int, **kw) -> Iterator[np.ndarray]:
+    def stream(self, prompts, *, max_new_tokens: int, **kw) -> Iterator[np.ndarray]:
         """Yields the next tokens int32[B] of every row, one compiled step at a time (rows that
         are done yield `pad_token`); stops after `max_new_tokens` or when every row is done."""
-        ds, st, _ = self.start(arrays, max_new_tokens=max_new_tokens, **kw)
+        ds, st, _ = self.start(prompts, max_new_tokens=max_new_tokens, **kw)
         for i in range(max_new_tokens):
             if i:
                 ds = self.step(ds, st)

@@ -1,15 +1,31 @@
-"""`ModelInputs`: the fixed-shape arrays the compiled model consumes, and a builder from the
-Hugging Face processor's format (`input_ids`, `pixel_values`, `image_grid_thw`, ...)."""
+"""The batch schema: `ModelInputs` (the fixed-shape arrays the compiled model consumes) and
+`Batch` (plus the training targets), each field declaring its logical axes once.
+
+Everything that depends on a field's axes is derived from that declaration: shardings
+(`shardings`), placement on a mesh (`place`), and micro-batching (`split_batch`); the batch
+axis of a field is where its axes name "batch" (axis 1 for `positions`). The host builds both
+classes in one function, `qwen25vl_jax.data.assemble.assemble`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
-from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.model.indices import layout_slots, rope_index, token_modalities, vision_layout
+from qwen25vl_jax.sharding import logical_to_spec
+
+T = TypeVar("T")
+
+
+def _axes(*names: str | None) -> Any:
+    """A field declared with its logical axis names (the sharding rules' names)."""
+    return dataclasses.field(metadata={"axes": names})
 
 
 @jax.tree_util.register_dataclass
@@ -24,104 +40,78 @@ class ModelInputs:
     vit_positions: int32[B, N, 2]. vit_segment_ids: int32[B, N], 0 = padding slot.
     """
 
-    tokens: np.ndarray
-    segment_ids: np.ndarray
-    positions: np.ndarray
-    vision_index: np.ndarray
-    patches: np.ndarray
-    vit_positions: np.ndarray
-    vit_segment_ids: np.ndarray
+    tokens: np.ndarray = _axes("batch", "length")
+    segment_ids: np.ndarray = _axes("batch", "length")
+    positions: np.ndarray = _axes(None, "batch", "length")
+    vision_index: np.ndarray = _axes("batch", "length")
+    patches: np.ndarray = _axes("batch", None, None)
+    vit_positions: np.ndarray = _axes("batch", None, None)
+    vit_segment_ids: np.ndarray = _axes("batch", None)
+
+    @property
+    def inputs(self) -> ModelInputs:
+        """The model's fields only (a `Batch` without its targets; a `ModelInputs` itself)."""
+        return _build(ModelInputs, lambda f: getattr(self, f.name))
 
 
-def _split_rows(values: np.ndarray | None, grids: list, counts: list[int], merge2: int):
-    """Splits concatenated media (pixel rows, grids) into per-row lists, in order."""
-    out, g0, p0 = [], 0, 0
-    for n_tokens in counts:
-        row_grids, seen = [], 0
-        while seen < n_tokens:
-            row_grids.append(grids[g0])
-            seen += int(np.prod(grids[g0])) // merge2
-            g0 += 1
-        n_patches = sum(int(np.prod(g)) for g in row_grids)
-        rows = values[p0 : p0 + n_patches] if values is not None else None
-        out.append((row_grids, rows))
-        p0 += n_patches
-    return out
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Batch(ModelInputs):
+    """`ModelInputs` plus the training targets.
 
-
-def inputs_from_hf(
-    cfg: ModelConfig,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray | None = None,
-    *,
-    pixel_values: np.ndarray | None = None,
-    image_grid_thw: np.ndarray | None = None,
-    pixel_values_videos: np.ndarray | None = None,
-    video_grid_thw: np.ndarray | None = None,
-    second_per_grid_ts: np.ndarray | None = None,
-    num_patches: int | None = None,
-) -> tuple[ModelInputs, np.ndarray]:
-    """Builds `ModelInputs` from processor-format arrays; returns it and rope_deltas int[B, 1].
-
-    Media are assigned to rows in order, as the reference's masked_scatter does. num_patches:
-    the per-row ViT slot budget (multiple of window_patches); None = the smallest that fits.
+    targets: int32[B, L], the next token of the same sample (0 where there is none).
+    loss_mask: float32[B, L], 1 where `targets` is supervised (an assistant token of the same
+    sample), 0 elsewhere.
     """
-    ids = np.asarray(input_ids, np.int64)
-    b, length = ids.shape
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int64)
-    merge2 = cfg.vision.merge_unit
-    images = [
-        tuple(int(v) for v in g) for g in (image_grid_thw if image_grid_thw is not None else [])
-    ]
-    videos = [
-        tuple(int(v) for v in g) for g in (video_grid_thw if video_grid_thw is not None else [])
-    ]
-    for name, values, grids in (
-        ("pixel_values", pixel_values, images),
-        ("pixel_values_videos", pixel_values_videos, videos),
-    ):
-        need = sum(int(np.prod(g)) for g in grids)
-        have = 0 if values is None else len(values)
-        if need != have:
-            raise ValueError(f"{name}: {have} patch rows, but the grids describe {need}")
-    mods = token_modalities(ids, cfg) * mask
-    img_rows = _split_rows(pixel_values, images, [(m == 1).sum() for m in mods], merge2)
-    vid_rows = _split_rows(pixel_values_videos, videos, [(m == 2).sum() for m in mods], merge2)
-    positions, deltas = rope_index(
-        ids, cfg, attention_mask=mask, image_grid_thw=image_grid_thw,
-        video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts,
-    )  # fmt: skip
 
-    row_grids = [ig + vg for (ig, _), (vg, _) in zip(img_rows, vid_rows, strict=True)]
-    n = max([layout_slots(g, cfg.vision) for g in row_grids] + [0])
-    if num_patches is not None:
-        if num_patches < n:
-            raise ValueError(f"media need {n} ViT slots per row, over num_patches={num_patches}")
-        n = num_patches
-    layouts = [vision_layout(g, cfg.vision, num_slots=n) for g in row_grids]
-    patches = np.zeros((b, n, cfg.vision.patch_dim), np.float32)
-    vit_pos = np.zeros((b, n, 2), np.int32)
-    vit_seg = np.zeros((b, n), np.int32)
-    vision_index = np.full((b, length), -1, np.int32)
-    for row, ((_, ipx), (_, vpx)) in enumerate(zip(img_rows, vid_rows, strict=True)):
-        if not n:
-            break
-        lay = layouts[row]
-        parts = [p for p in (ipx, vpx) if p is not None and len(p)]
-        pix = np.concatenate(parts) if parts else np.zeros((0, cfg.vision.patch_dim), np.float32)
-        real = lay.patch_src >= 0
-        patches[row, real] = pix[lay.patch_src[real]]
-        vit_pos[row], vit_seg[row] = lay.vit_positions, lay.vit_segment_ids
-        n_img_units = (mods[row] == 1).sum()
-        vision_index[row, mods[row] == 1] = lay.unit_slot[:n_img_units]
-        vision_index[row, mods[row] == 2] = lay.unit_slot[n_img_units:]
-    inputs = ModelInputs(
-        tokens=ids.astype(np.int32),
-        segment_ids=mask.astype(np.int32),
-        positions=positions.astype(np.int32),
-        vision_index=vision_index,
-        patches=patches,
-        vit_positions=vit_pos,
-        vit_segment_ids=vit_seg,
+    targets: np.ndarray = _axes("batch", "length")
+    loss_mask: np.ndarray = _axes("batch", "length")
+
+
+def _build(cls: type[T], value: Callable[[dataclasses.Field], Any]) -> T:
+    """An instance of schema class `cls` whose field f holds value(f)."""
+    return cls(**{f.name: value(f) for f in dataclasses.fields(cls)})
+
+
+def logical_axes(schema: type | ModelInputs) -> dict[str, tuple[str | None, ...]]:
+    """{field: its logical axis names} of a schema class or instance."""
+    return {f.name: f.metadata["axes"] for f in dataclasses.fields(schema)}
+
+
+def batch_axis(field: dataclasses.Field) -> int:
+    """The axis of `field` that indexes rows of the batch."""
+    return field.metadata["axes"].index("batch")
+
+
+def map_fields(fn: Callable[[Any, dataclasses.Field], Any], x: T) -> T:
+    """The same schema class with each field's array a replaced by fn(a, field)."""
+    return _build(type(x), lambda f: fn(getattr(x, f.name), f))
+
+
+def shardings(x: type[T] | T, mesh: Mesh) -> T:
+    """Each field's `NamedSharding` on `mesh`, from its logical axes. Given an instance, a mesh
+    axis that does not divide a dimension is dropped for it (`logical_to_spec`)."""
+    if isinstance(x, type):
+        return _build(x, lambda f: NamedSharding(mesh, logical_to_spec(f.metadata["axes"], None,
+                                                                       mesh)))  # fmt: skip
+    return map_fields(
+        lambda a, f: NamedSharding(mesh, logical_to_spec(f.metadata["axes"], np.shape(a), mesh)),
+        x,
     )
-    return inputs, deltas
+
+
+def place(x: T, mesh: Mesh | None) -> T:
+    """`x`'s arrays put on `mesh` by their logical axes (unchanged when mesh is None)."""
+    return x if mesh is None else jax.device_put(x, shardings(x, mesh))
+
+
+def split_batch(x: T, k: int) -> T:
+    """Each field's batch axis B split into [k, B / k], the k axis moved to the front (for a
+    `lax.scan` over micro-batches): positions [3, B, L] -> [k, 3, B / k, L]."""
+
+    def split(a, f):
+        ax = batch_axis(f)
+        a = a.reshape(*a.shape[:ax], k, a.shape[ax] // k, *a.shape[ax + 1 :])
+        return jnp.moveaxis(a, ax, 0)
+
+    return map_fields(split, x)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from qwen25vl_jax.data.batch import Batch
+from qwen25vl_jax.model.inputs import Batch, split_batch
 from qwen25vl_jax.model.qwen25vl import RunOptions
 from qwen25vl_jax.param_paths import unflatten
 from qwen25vl_jax.train.losses import chunked_cross_entropy
@@ -56,19 +56,6 @@ def loss_sum_and_count(
     )
 
 
-def micro_batches(batch: Batch, k: int) -> Batch:
-    """Splits the batch axis into [k, B / k] (positions: its batch axis is 1)."""
-
-    def split(name, a):
-        if name == "positions":
-            return jnp.moveaxis(a.reshape(3, k, a.shape[1] // k, *a.shape[2:]), 1, 0)
-        return a.reshape(k, a.shape[0] // k, *a.shape[1:])
-
-    return Batch(
-        **{f.name: split(f.name, getattr(batch, f.name)) for f in dataclasses.fields(batch)}
-    )
-
-
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -96,7 +83,7 @@ def train_step(
     if accum_steps == 1:
         (grads, loss_sum, count), _ = micro(init, batch)
     else:
-        (grads, loss_sum, count), _ = jax.lax.scan(micro, init, micro_batches(batch, accum_steps))
+        (grads, loss_sum, count), _ = jax.lax.scan(micro, init, split_batch(batch, accum_steps))
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)

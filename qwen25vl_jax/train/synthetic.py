@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Batch, Sample, make_sample, stack_examples
-from qwen25vl_jax.data.packing import Bucket, assemble_example
+from qwen25vl_jax.data.assemble import assemble
+from qwen25vl_jax.data.media import Media
+from qwen25vl_jax.data.packing import Bucket
+from qwen25vl_jax.data.sample import Sample, make_sample
+from qwen25vl_jax.model.inputs import Batch
 
 GRIDS = ((1, 4, 4), (1, 6, 10), (1, 8, 6), (2, 4, 6))
 
@@ -25,7 +28,7 @@ def random_sample(
         ids += [cfg.video_token_id if video else cfg.image_token_id] * (int(np.prod(grid)) // 4)
         ids += [cfg.vision_end_token_id]
         pix = rng.standard_normal((int(np.prod(grid)), cfg.vision.patch_dim)).astype(np.float32)
-        media.append(("video" if video else "image", pix, grid, 1.0 if video else None))
+        media.append(Media("video" if video else "image", pix, grid, 1.0 if video else None))
     prompt = rng.integers(0, vocab, int(rng.integers(2, 6))).tolist()
     reply = rng.integers(0, vocab, int(rng.integers(4, max(5, max_tokens - len(ids) - 6)))).tolist()
     loss = [False] * (len(ids) + len(prompt)) + [True] * len(reply)
@@ -50,14 +53,11 @@ class SyntheticBatches:
         self.repeat = repeat  # cycle over this many distinct batches (to overfit)
         self.step = 0
 
-    def example(self, index: int) -> dict:
+    def example(self, index: int) -> list[Sample]:
+        """The two samples packed into the row of global index `index`."""
         rng = np.random.default_rng([self.seed, index])
         budget = self.bucket.seq_len // 2
-        return assemble_example(
-            [random_sample(self.cfg, rng, budget, self.vocab) for _ in range(2)],
-            self.bucket,
-            self.cfg,
-        )
+        return [random_sample(self.cfg, rng, budget, self.vocab) for _ in range(2)]
 
     def __iter__(self):
         return self
@@ -65,7 +65,8 @@ class SyntheticBatches:
     def __next__(self) -> Batch:
         step = self.step if self.repeat is None else self.step % self.repeat
         rows = range(self.first_row, self.first_row + self.local)
-        batch = stack_examples([self.example(step * 10_000 + r) for r in rows])
+        batch = assemble([self.example(step * 10_000 + r) for r in rows], self.cfg,
+                         seq_len=self.bucket.seq_len, num_slots=self.bucket.num_slots)  # fmt: skip
         self.step += 1
         return batch
 

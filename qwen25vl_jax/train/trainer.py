@@ -27,20 +27,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen25vl_jax.checkpoint import param_save_args
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Batch
+from qwen25vl_jax.model.inputs import Batch, field_shardings
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.param_paths import flatten, unflatten
-from qwen25vl_jax.sharding import logical_to_spec, state_shardings
+from qwen25vl_jax.sharding import state_shardings
 from qwen25vl_jax.train import step as step_lib
 from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer, schedule, split_trainable
-
-BATCH_NAMES = {  # logical names of each Batch field
-    "tokens": ("batch", "length"), "segment_ids": ("batch", "length"),
-    "positions": (None, "batch", "length"), "vision_index": ("batch", "length"),
-    "patches": ("batch", None, None), "vit_positions": ("batch", None, None),
-    "vit_segment_ids": ("batch", None), "targets": ("batch", "length"),
-    "loss_mask": ("batch", "length"),
-}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +137,7 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------
     def batch_shardings(self) -> Batch:
-        return Batch(**{k: NamedSharding(self.mesh, logical_to_spec(n, None, self.mesh))
-                        for k, n in BATCH_NAMES.items()})  # fmt: skip
+        return field_shardings(Batch, self.mesh)
 
     def init_state(
         self, params: dict | None = None, seed: int = 0, *, init_seed: int | None = None
@@ -179,12 +170,11 @@ class Trainer:
                 f"batch holds token ids >= the model's vocab_size {vocab}: does the tokenizer "
                 "match the model config?"
             )
-        sh = self.batch_shardings()
-        return Batch(**{
-            f.name: jax.make_array_from_process_local_data(getattr(sh, f.name),
-                                                           np.asarray(getattr(local, f.name)))
-            for f in dataclasses.fields(Batch)
-        })  # fmt: skip
+        return jax.tree.map(
+            lambda sh, a: jax.make_array_from_process_local_data(sh, np.asarray(a)),
+            self.batch_shardings(),
+            local,
+        )
 
     def step(self, state: step_lib.TrainState, local: Batch):
         return self._step(state, self.global_batch(local))

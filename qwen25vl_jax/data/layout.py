@@ -1,9 +1,10 @@
 """Host-side (NumPy) index maps: every data-dependent index, computed once per sample.
 
-- `vision_layout`: the ViT's window layout for one sample's images/videos: which patch sits in
+- `vision_layout`: the ViT's window layout for one row's images/videos: which patch sits in
   which slot, its 2-D rope position, its full-attention segment, and where each merge unit lands.
-- `rope_index`: a port of transformers' `get_rope_index` (3-D MRoPE positions with absolute-time
-  alignment, and `rope_deltas`), with the modality of each token derived from the token ids.
+- `sample_rope_positions`: the 3-D MRoPE positions of one sample with absolute-time alignment
+  (the inner loop of transformers' `get_rope_index`; the batched port over processor arrays,
+  `rope_index`, is in `hf_format.py`), the modality of each token derived from the token ids.
 
 Reference: transformers `models/qwen2_5_vl/modeling_qwen2_5_vl.py` and `vision_utils.py`.
 """
@@ -116,13 +117,16 @@ def vision_layout(
         src.append(np.full(pad, -1, np.int64))
         pos.append(np.zeros((pad, 2), np.int64))
         seg.append(np.zeros(pad, np.int64))
-    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape, np.int64)  # noqa: E731
     return VisionLayout(
-        patch_src=cat(src, (0,)).astype(np.int64),
-        vit_positions=cat(pos, (0, 2)).astype(np.int32),
-        vit_segment_ids=cat(seg, (0,)).astype(np.int32),
-        unit_slot=cat(unit_slot, (0,)),
+        patch_src=_concat(src, (0,)).astype(np.int64),
+        vit_positions=_concat(pos, (0, 2)).astype(np.int32),
+        vit_segment_ids=_concat(seg, (0,)).astype(np.int32),
+        unit_slot=_concat(unit_slot, (0,)),
     )
+
+
+def _concat(parts: list[np.ndarray], empty_shape: tuple[int, ...]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(empty_shape, np.int64)
 
 
 def token_modalities(input_ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -131,7 +135,7 @@ def token_modalities(input_ids: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return np.where(ids == cfg.image_token_id, 1, np.where(ids == cfg.video_token_id, 2, 0))
 
 
-def _runs(values: np.ndarray):
+def modality_runs(values: np.ndarray):
     """(value, start, end) for each run of equal consecutive values."""
     if len(values) == 0:
         return
@@ -161,7 +165,7 @@ def sample_rope_positions(
     grids = {1: iter(image_grids), 2: iter(video_grids)}
     spg = iter(second_per_grid_ts if second_per_grid_ts is not None else [])
     out, cur = [], 0
-    for kind, a, b in _runs(np.asarray(modalities)):
+    for kind, a, b in modality_runs(np.asarray(modalities)):
         if kind == 0:
             out.append(np.broadcast_to(np.arange(b - a) + cur, (3, b - a)))
             cur += b - a
@@ -192,54 +196,3 @@ def sample_rope_positions(
         if left < 0:
             raise ValueError("media token run does not match the grids' token counts")
     return np.concatenate(out, axis=1) if out else np.zeros((3, 0), np.int64)
-
-
-def rope_index(
-    input_ids: np.ndarray,
-    cfg: ModelConfig,
-    *,
-    attention_mask: np.ndarray | None = None,
-    image_grid_thw: np.ndarray | None = None,
-    video_grid_thw: np.ndarray | None = None,
-    second_per_grid_ts: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Port of `get_rope_index` over a batch, media consumed in order across rows.
-
-    input_ids: int[B, L]; attention_mask: int[B, L] (left or right padding), pads get 0.
-    Returns positions int64[3, B, L] and rope_deltas int64[B, 1] (max position + 1 - length).
-    """
-    ids = np.asarray(input_ids)
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-    images = [tuple(g) for g in (image_grid_thw if image_grid_thw is not None else [])]
-    videos = [tuple(g) for g in (video_grid_thw if video_grid_thw is not None else [])]
-    spg = None if second_per_grid_ts is None else list(np.asarray(second_per_grid_ts).reshape(-1))
-    merge2 = cfg.vision.spatial_merge_size**2
-    positions = np.zeros((3, *ids.shape), np.int64)
-    deltas = np.zeros((ids.shape[0], 1), np.int64)
-    for row in range(ids.shape[0]):
-        keep = mask[row].astype(bool)
-        mods = token_modalities(ids[row][keep], cfg)
-        n_img, n_vid = int((mods == 1).sum()), int((mods == 2).sum())
-        row_images = _take_media(images, n_img, merge2, f"row {row} image")
-        row_videos = _take_media(videos, n_vid, merge2, f"row {row} video")
-        row_spg = None
-        if spg is not None:
-            row_spg, spg = spg[: len(row_videos)], spg[len(row_videos) :]
-        pos = sample_rope_positions(mods, row_images, row_videos, row_spg, cfg)
-        positions[:, row, keep] = pos
-        deltas[row, 0] = (pos.max() + 1 if pos.size else 0) - int(keep.sum())
-    return positions, deltas
-
-
-def _take_media(queue: list, n_tokens: int, merge2: int, what: str) -> list:
-    """Pops from `queue` the grids whose token counts sum to `n_tokens`."""
-    taken, count = [], 0
-    while count < n_tokens:
-        if not queue:
-            raise ValueError(f"{what} tokens: {n_tokens}, but the grids provide only {count}")
-        grid = queue.pop(0)
-        taken.append(grid)
-        count += int(np.prod(grid)) // merge2
-    if count != n_tokens:
-        raise ValueError(f"{what} tokens: {n_tokens}, the grids provide {count}")
-    return taken
