@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 
 from qwen25vl_jax.data.hf_format import inputs_from_hf
 from qwen25vl_jax.hf_weights import load_hf
+from qwen25vl_jax.model.inputs import field_shardings
 from qwen25vl_jax.model.qwen25vl import forward
 from qwen25vl_jax.sharding import logical_to_spec, make_mesh, state_shardings
 from tests.cases import make_case
@@ -33,7 +34,7 @@ def main(hf_dir: str, data: int, fsdp: int, tensor: int) -> int:
     mesh = make_mesh(data, fsdp, tensor)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    in_sh = shardings(inputs, mesh)
+    in_sh = field_shardings(inputs, mesh)
     inputs = jax.device_put(inputs, in_sh)
     n_sharded = sum(len(a.sharding.device_set) > 1 and not a.sharding.is_fully_replicated
                     for a in jax.tree.leaves(state))  # fmt: skip

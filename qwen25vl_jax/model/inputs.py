@@ -2,7 +2,7 @@
 `Batch` (plus the training targets), each field declaring its logical axes once.
 
 Everything that depends on a field's axes is derived from that declaration: shardings
-(`shardings`), placement on a mesh (`place`), and micro-batching (`split_batch`); the batch
+(`field_shardings`), placement on a mesh (`place`), and micro-batching (`split_batch`); the batch
 axis of a field is where its axes name "batch" (axis 1 for `positions`). The host builds both
 classes in one function, `qwen25vl_jax.data.assemble.assemble`.
 """
@@ -88,7 +88,7 @@ def map_fields(fn: Callable[[Any, dataclasses.Field], Any], x: T) -> T:
     return _build(type(x), lambda f: fn(getattr(x, f.name), f))
 
 
-def shardings(x: type[T] | T, mesh: Mesh) -> T:
+def field_shardings(x: type[T] | T, mesh: Mesh) -> T:
     """Each field's `NamedSharding` on `mesh`, from its logical axes. Given an instance, a mesh
     axis that does not divide a dimension is dropped for it (`logical_to_spec`)."""
     if isinstance(x, type):
@@ -102,7 +102,7 @@ def shardings(x: type[T] | T, mesh: Mesh) -> T:
 
 def place(x: T, mesh: Mesh | None) -> T:
     """`x`'s arrays put on `mesh` by their logical axes (unchanged when mesh is None)."""
-    return x if mesh is None else jax.device_put(x, shardings(x, mesh))
+    return x if mesh is None else jax.device_put(x, field_shardings(x, mesh))
 
 
 def split_batch(x: T, k: int) -> T:
