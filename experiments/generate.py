@@ -72,6 +72,9 @@ def check_media_files(images: list[str], video: str | None) -> None:
         raise InputError(f"--video {video}: no such file")
 
 
+PROMPT_SOURCE = "the prompt (check --tokenizer_dir matches the model)"
+
+
 def build_chat_prompt(cfg, tokenizer):
     """Encodes the images / video and the chat prompt into one `Sample`. Returns (sample,
     images) where images is a list of (PIL image, resized (h, w)) for grounding."""
@@ -85,8 +88,10 @@ def build_chat_prompt(cfg, tokenizer):
     for path in FLAGS.image:
         img = Image.open(path)
         img.load()
-        media.append(image_media(img, cfg.vision, min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
-                                 max_pixels=FLAGS.max_pixels or data.MAX_PIXELS))  # fmt: skip
+        with input_errors(ValueError, prefix=f"--image {path}: "):  # e.g. aspect ratio > 200
+            media.append(image_media(img, cfg.vision,
+                                     min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
+                                     max_pixels=FLAGS.max_pixels or data.MAX_PIXELS))  # fmt: skip
         images.append((img, media[-1].resized_hw(cfg.vision.patch_size)))
         content.append({"type": "image"})
     if FLAGS.video:
@@ -100,7 +105,9 @@ def build_chat_prompt(cfg, tokenizer):
     messages = [{"role": "user", "content": content}]
     if FLAGS.system is not None:
         messages.insert(0, {"role": "system", "content": FLAGS.system})
-    return encode_sample(cfg, tokenizer, messages, media, add_generation_prompt=True), images
+    with input_errors(ValueError, prefix=f"{PROMPT_SOURCE}: "):  # e.g. ids over the vocabulary
+        prompt = encode_sample(cfg, tokenizer, messages, media, add_generation_prompt=True)
+    return prompt, images
 
 
 def stream_answer(gen, prompt, tokenizer, stop, gen_kw) -> str:
@@ -182,7 +189,7 @@ def main(argv):
 
         prompt, images = build_chat_prompt(cfg, tokenizer)
         arrays = hf_from_samples([prompt])  # checked at the door as --inputs are
-        source = "the prompt (check --tokenizer_dir matches the model)"
+        source = PROMPT_SOURCE
     check_processor_arrays(arrays, cfg, source)
     set_matmul_precision(FLAGS.matmul_precision)
 

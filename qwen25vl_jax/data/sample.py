@@ -61,8 +61,14 @@ def make_sample(
 ) -> Sample:
     """Builds a `Sample` from token ids int[n] (with each medium's pad tokens expanded), the loss
     mask bool[n] (None: nothing supervised) and the media in order of appearance. ValueError
-    when the pad tokens do not match the media."""
+    when a token id is outside the model's vocabulary (a tokenizer / config mismatch) or the pad
+    tokens do not match the media."""
     ids = np.asarray(input_ids, np.int32).reshape(-1)
+    vocab = cfg.text.vocab_size
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
+        bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+        raise ValueError(f"'input_ids' holds token id {bad}, outside the model's vocabulary "
+                         f"[0, {vocab})")  # fmt: skip
     media = tuple(media)
     mods = token_modalities(ids, cfg)
     for kind, code in (("image", 1), ("video", 2)):
