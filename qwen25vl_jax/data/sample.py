@@ -61,20 +61,16 @@ def make_sample(
 ) -> Sample:
     """Builds a `Sample` from token ids int[n] (with each medium's pad tokens expanded), the loss
     mask bool[n] (None: nothing supervised) and the media in order of appearance. ValueError
-    when a token id is outside the model's vocabulary (a tokenizer / config mismatch) or the pad
-    tokens do not match the media."""
+    when the pad tokens do not match the media (named as a tokenizer / config mismatch when
+    token ids fall outside the model's vocabulary, the usual cause)."""
     ids = np.asarray(input_ids, np.int32).reshape(-1)
-    vocab = cfg.text.vocab_size
-    if len(ids) and (ids.min() < 0 or ids.max() >= vocab):
-        bad = int(ids[(ids < 0) | (ids >= vocab)][0])
-        raise ValueError(f"'input_ids' holds token id {bad}, outside the model's vocabulary "
-                         f"[0, {vocab})")  # fmt: skip
     media = tuple(media)
     mods = token_modalities(ids, cfg)
     for kind, code in (("image", 1), ("video", 2)):
         want = sum(m.num_tokens(cfg.vision.merge_unit) for m in media if m.kind == kind)
         if int((mods == code).sum()) != want:
-            raise ValueError(f"{int((mods == code).sum())} {kind} pad tokens, media need {want}")
+            problem = f"{int((mods == code).sum())} {kind} pad tokens, media need {want}"
+            raise ValueError(_vocabulary_problem(ids, cfg, problem) or problem)
     videos = [m for m in media if m.kind == "video"]
     timing = [m.second_per_grid_t for m in videos]
     if None in timing and any(t is not None for t in timing):
@@ -90,6 +86,16 @@ def make_sample(
     if mask.shape != ids.shape:
         raise ValueError(f"loss_mask has shape {mask.shape}, input_ids {ids.shape}")
     return Sample(ids, mask, positions.astype(np.int32), media)
+
+
+def _vocabulary_problem(ids: np.ndarray, cfg: ModelConfig, detail: str) -> str | None:
+    """The message for token ids outside the model's vocabulary (None when all are inside)."""
+    vocab = cfg.text.vocab_size
+    outside = ids[(ids < 0) | (ids >= vocab)]
+    if not len(outside):
+        return None
+    return (f"'input_ids' holds token id {int(outside[0])}, outside the model's vocabulary "
+            f"[0, {vocab}): is the tokenizer the model's? ({detail})")  # fmt: skip
 
 
 def encode_sample(
