@@ -29,7 +29,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import bench_config, median_seconds  # noqa: E402
 from qwen25vl_jax.config import ModelConfig  # noqa: E402
-from qwen25vl_jax.data.batch import batch_from_hf  # noqa: E402
+from qwen25vl_jax.data.hf_format import batch_from_hf  # noqa: E402
 from qwen25vl_jax.hf_weights import load_hf  # noqa: E402
 from qwen25vl_jax.model.options import RunOptions  # noqa: E402
 from qwen25vl_jax.sharding import make_mesh  # noqa: E402

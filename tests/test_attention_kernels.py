@@ -89,13 +89,12 @@ def test_whole_model_on_a_kernel_backend_equals_xla(tiny, backend):
     """The backends wired through the model: ViT windows and full blocks, packed decoder."""
     from flax import nnx
 
-    from qwen25vl_jax.model.inputs import inputs_from_hf
+    from qwen25vl_jax.data.hf_format import inputs_from_hf
     from qwen25vl_jax.model.qwen25vl import RunOptions, forward
     from tests.cases import CASES, make_case
 
     arrays = make_case(tiny.cfg, CASES["batch2_left_pad"])
-    kw = {k: v for k, v in arrays.items() if k not in ("input_ids", "attention_mask")}
-    inputs, _ = inputs_from_hf(tiny.cfg, arrays["input_ids"], arrays["attention_mask"], **kw)
+    inputs, _ = inputs_from_hf(tiny.cfg, arrays)
     run = jax.jit(forward, static_argnums=3)
     ref = np.asarray(run(*nnx.split(tiny.jax), inputs, RunOptions()))
     out = np.asarray(run(*nnx.split(tiny.jax), inputs, RunOptions(backend=backend)))

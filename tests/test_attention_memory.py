@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data.batch import Batch
+from qwen25vl_jax.model.inputs import Batch
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.param_paths import flatten
 from qwen25vl_jax.train.step import loss_sum_and_count

@@ -164,11 +164,10 @@ def test_latest_checkpoint(tiny, tmp_path):
 def test_padding_defaults_to_the_models_endoftext():
     """Rows the packer leaves empty pad with the model's own <|endoftext|> (bos_token_id), in
     range for any vocabulary, not the real vocabulary's id 151643."""
-    from qwen25vl_jax.data.pack_iterator import empty_example
-    from qwen25vl_jax.data.packing import Bucket
+    from qwen25vl_jax.data.assemble import assemble
     from qwen25vl_jax.data.pipeline import PipelineConfig
 
     cfg = ModelConfig.tiny()  # vocabulary 211, <|endoftext|> 205
-    row = empty_example(Bucket(16, 16), cfg)
-    assert (row["tokens"] == cfg.bos_token_id).all() and not row["segment_ids"].any()
+    row = assemble([[]], cfg, seq_len=16, num_slots=16)  # the packer's empty row
+    assert (row.tokens == cfg.bos_token_id).all() and not row.segment_ids.any()
     assert PipelineConfig(paths=("x.jsonl",)).pad_id is None  # resolved from the model config

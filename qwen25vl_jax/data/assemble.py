@@ -30,13 +30,14 @@ def assemble(
     seq_len: int,
     num_slots: int,
     padding: Literal["left", "right"] = "right",
-    pad_id: int = 0,
+    pad_id: int | None = None,
 ) -> Batch:
     """One `Batch` of B = len(rows) rows: L = seq_len tokens, N = num_slots ViT slots per row.
 
     rows: the samples of each row (an empty row is all padding: segment ids 0, no loss).
     padding: where a row's pad tokens go: "right" (training) or "left" (generation prompts,
-    so every row's last column is its last real token). pad_id: the token of pad positions.
+    so every row's last column is its last real token). pad_id: the token of pad positions
+    (default: the model's <|endoftext|>, `bos_token_id`, in range for its vocabulary).
     Targets are the next token of the same sample; loss_mask is 1 where that target is
     supervised (the sample's loss mask). Shapes and dtypes: see `ModelInputs` / `Batch`.
     ValueError when a row's tokens exceed seq_len or its media exceed num_slots.
@@ -44,6 +45,7 @@ def assemble(
     if padding not in ("left", "right"):
         raise ValueError(f"padding must be 'left' or 'right', got {padding!r}")
     b, length, n, pd = len(rows), int(seq_len), int(num_slots), cfg.vision.patch_dim
+    pad_id = cfg.bos_token_id if pad_id is None else pad_id
     tokens = np.full((b, length), pad_id, np.int32)
     segment_ids = np.zeros((b, length), np.int32)
     positions = np.zeros((3, b, length), np.int32)

@@ -97,8 +97,7 @@ def prepare_batch(
     elif slots:
         slots = round_up(slots, patch_bucket)
     batch = assemble([[s] for s in prompts], cfg, seq_len=round_up(num_real.max(), length_bucket),
-                     num_slots=slots, padding="left",
-                     pad_id=cfg.bos_token_id if pad_token is None else pad_token)  # fmt: skip
+                     num_slots=slots, padding="left", pad_id=pad_token)  # fmt: skip
     deltas = np.asarray([s.rope_delta for s in prompts], np.int32)
     return PreparedBatch(batch.inputs, deltas, num_real)
 
