@@ -20,8 +20,7 @@ from experiments import train as train_cli
 from experiments.configs import base
 from experiments.configs import demo as demo_config
 from qwen25vl_jax.checkpoint import latest_checkpoint, load_checkpoint
-from qwen25vl_jax.data.batch import stack_examples
-from qwen25vl_jax.data.packing import Bucket, assemble_example
+from qwen25vl_jax.data.assemble import assemble
 from qwen25vl_jax.data.records import record_to_sample
 from qwen25vl_jax.data.tokenizer import load_tokenizer
 from qwen25vl_jax.model.qwen25vl import forward
@@ -70,8 +69,8 @@ def test_demo_training_learns_the_answers(tmp_path):
     with open(paths["eval"]) as f:
         samples = [record_to_sample(line, f"eval:{i}", cfg=cfg, tokenizer=tok, options=options)
                    for i, line in enumerate(f)]  # fmt: skip
-    bucket = Bucket(c.data.seq_len, c.data.num_slots)
-    batch = stack_examples([assemble_example([s], bucket, cfg) for s in samples])
+    batch = assemble([[s] for s in samples], cfg, seq_len=c.data.seq_len,
+                     num_slots=c.data.num_slots)  # fmt: skip
     graphdef, state = nnx.split(model)
     predicted = np.asarray(jax.jit(forward)(graphdef, state, batch).argmax(-1))
     header = tok.encode("assistant\n").ids
