@@ -273,7 +273,10 @@ def write_video(
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for array in frames:
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            # converted here, not by encode(): handed rgb24 frames, PyAV's own conversion made
+            # libx264 write different bytes (pixels off by up to 6) for the same frames in some
+            # calls, so the demo's videos differed run to run (BUILD_NOTES "Determinism")
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
