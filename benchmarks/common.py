@@ -11,11 +11,23 @@ from qwen25vl_jax.config import ModelConfig
 def bench_config() -> ModelConfig:
     """A small model with the release's structure: window 112, 8 ViT blocks, 4 decoder layers."""
     return ModelConfig.tiny(
-        vision={"depth": 8, "hidden_size": 256, "intermediate_size": 684, "num_heads": 4,
-                "window_size": 112, "fullatt_block_indexes": (3, 7)},
-        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_layers=4, num_heads=8,
-        num_kv_heads=2, head_dim=64, mrope_section=(8, 12, 12),
-    )  # fmt: skip
+        vision={
+            "depth": 8,
+            "hidden_size": 256,
+            "intermediate_size": 684,
+            "num_heads": 4,
+            "window_size": 112,
+            "fullatt_block_indexes": (3, 7),
+        },
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+        mrope_section=(8, 12, 12),
+    )
 
 
 def median_seconds(fn, repeats: int) -> float:

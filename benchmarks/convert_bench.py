@@ -75,14 +75,29 @@ def main(argv):
     try:
         write_source(src, cfg)
         py = sys.executable
-        base = run_measured([py, "-c", "import checkpoints_convert.hf_to_orbax, "
-                             "checkpoints_convert.orbax_to_hf"])  # fmt: skip
+        base = run_measured(
+            [py, "-c", "import checkpoints_convert.hf_to_orbax, checkpoints_convert.orbax_to_hf"]
+        )
         runs = {
-            "hf_to_orbax": run_measured([py, "-m", "checkpoints_convert.hf_to_orbax",
-                                         f"--hf_dir={src}", f"--output_dir={ck}"]),
-            "orbax_to_hf": run_measured([py, "-m", "checkpoints_convert.orbax_to_hf",
-                                         f"--checkpoint={ck}", f"--output_dir={out}"]),
-        }  # fmt: skip
+            "hf_to_orbax": run_measured(
+                [
+                    py,
+                    "-m",
+                    "checkpoints_convert.hf_to_orbax",
+                    f"--hf_dir={src}",
+                    f"--output_dir={ck}",
+                ]
+            ),
+            "orbax_to_hf": run_measured(
+                [
+                    py,
+                    "-m",
+                    "checkpoints_convert.orbax_to_hf",
+                    f"--checkpoint={ck}",
+                    f"--output_dir={out}",
+                ]
+            ),
+        }
         for name, r in runs.items():
             if r["returncode"]:
                 raise SystemExit(f"{name} failed:\n{r['stderr'][-3000:]}")
@@ -90,26 +105,43 @@ def main(argv):
         exact = sorted(a.keys()) == sorted(b.keys()) and all(
             same_bytes(a.read(k), b.read(k)) for k in a.keys()
         )
-        print(f"model: {total / 1e9:.2f} GB bfloat16 ({cfg.text.num_layers} decoder layers, "
-              f"{cfg.vision.depth} ViT blocks, {FLAGS.widths.upper()} widths); largest stacked "
-              f"parameter {largest / 1e6:.0f} MB; baseline RSS {base['peak_rss'] / 1e6:.0f} MB; "
-              f"round trip bit-exact: {exact}")  # fmt: skip
-        print("| direction | wall s | MB/s end to end | MB/s steady | peak RSS MB | "
-              "above baseline MB |")  # fmt: skip
+        print(
+            f"model: {total / 1e9:.2f} GB bfloat16 ({cfg.text.num_layers} decoder layers, "
+            f"{cfg.vision.depth} ViT blocks, {FLAGS.widths.upper()} widths); largest stacked "
+            f"parameter {largest / 1e6:.0f} MB; baseline RSS {base['peak_rss'] / 1e6:.0f} MB; "
+            f"round trip bit-exact: {exact}"
+        )
+        print(
+            "| direction | wall s | MB/s end to end | MB/s steady | peak RSS MB | "
+            "above baseline MB |"
+        )
         print("|---|---|---|---|---|---|")
         rows = {}
         for name, r in runs.items():
             above = (r["peak_rss"] - base["peak_rss"]) / 1e6
-            rows[name] = {"wall_s": r["wall_s"], "mb_s": total / r["wall_s"] / 1e6,
-                          "steady_mb_s": steady_rate(r["stderr"]),
-                          "peak_rss_mb": r["peak_rss"] / 1e6,
-                          "above_baseline_mb": above}  # fmt: skip
+            rows[name] = {
+                "wall_s": r["wall_s"],
+                "mb_s": total / r["wall_s"] / 1e6,
+                "steady_mb_s": steady_rate(r["stderr"]),
+                "peak_rss_mb": r["peak_rss"] / 1e6,
+                "above_baseline_mb": above,
+            }
             x = rows[name]
-            print(f"| {name} | {x['wall_s']:.1f} | {x['mb_s']:.0f} | {x['steady_mb_s']:.0f} | "
-                  f"{x['peak_rss_mb']:.0f} | {x['above_baseline_mb']:.0f} |")  # fmt: skip
-        print(json.dumps({"model_bytes": total, "largest_stack_bytes": largest,
-                          "baseline_rss_mb": base["peak_rss"] / 1e6, "bit_exact": exact,
-                          **rows}))  # fmt: skip
+            print(
+                f"| {name} | {x['wall_s']:.1f} | {x['mb_s']:.0f} | {x['steady_mb_s']:.0f} | "
+                f"{x['peak_rss_mb']:.0f} | {x['above_baseline_mb']:.0f} |"
+            )
+        print(
+            json.dumps(
+                {
+                    "model_bytes": total,
+                    "largest_stack_bytes": largest,
+                    "baseline_rss_mb": base["peak_rss"] / 1e6,
+                    "bit_exact": exact,
+                    **rows,
+                }
+            )
+        )
     finally:
         if not FLAGS.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -54,8 +54,10 @@ def main(argv):
     t_torch, threads = best_torch_seconds(run_torch, FLAGS.repeats)
     t_jax = median_seconds(run_jax, FLAGS.repeats)
     n_tok = arrays["input_ids"].shape[1]
-    print(f"image {FLAGS.image_side}x{FLAGS.image_side} ({side * side} patches), {n_tok} tokens, "
-          f"torch threads {threads} (the faster of 1, 2), max |dlogits| {diff:.1e}")  # fmt: skip
+    print(
+        f"image {FLAGS.image_side}x{FLAGS.image_side} ({side * side} patches), {n_tok} tokens, "
+        f"torch threads {threads} (the faster of 1, 2), max |dlogits| {diff:.1e}"
+    )
     print(f"transformers forward: {t_torch * 1e3:8.1f} ms")
     print(f"ours (jit) forward:   {t_jax * 1e3:8.1f} ms")
     print(f"speed ratio ours / transformers: {t_torch / t_jax:.2f}x")

@@ -38,9 +38,11 @@ from tests.hf_reference import build_hf_model, hf_inputs_to_torch  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
-    "preset", "bench", ["bench", "tiny", "small", "base"],
+    "preset",
+    "bench",
+    ["bench", "tiny", "small", "base"],
     "Model: `bench` = benchmarks.common.bench_config() (shared with the other benchmarks).",
-)  # fmt: skip
+)
 flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
 flags.DEFINE_integer("batch", 1, "Rows (each: text, an image, text).")
 flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).")
@@ -68,7 +70,7 @@ PRESETS = {
             fullatt_block_indexes=(1, 3),
         ),
         (1, 28, 40),
-    ),  # fmt: skip
+    ),
     "base": (  # 97M parameters: 8 layers of width 512, a 64k vocabulary
         dict(
             vocab_size=65536,
@@ -89,7 +91,7 @@ PRESETS = {
             fullatt_block_indexes=(3, 7),
         ),
         (1, 28, 40),
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -143,8 +145,13 @@ def main(argv):
         clock = _Clock()
         t0 = time.perf_counter()
         with torch.no_grad():
-            out = hf.generate(**kw, max_new_tokens=n, do_sample=False, streamer=clock,
-                              pad_token_id=cfg.bos_token_id)  # fmt: skip
+            out = hf.generate(
+                **kw,
+                max_new_tokens=n,
+                do_sample=False,
+                streamer=clock,
+                pad_token_id=cfg.bos_token_id,
+            )
         hf_tokens[:] = [out[:, length:].numpy()]
         # puts: the prompt, then token 1 (after the prefill), ..., token n
         return clock.times[1] - t0, clock.times[-1] - clock.times[1]
@@ -184,11 +191,15 @@ def main(argv):
     mine = gen.generate(arrays, max_new_tokens=n, stop_tokens=()).tokens
     agree = int((hf_tokens[0] == mine).all(0).cumprod().sum())
     tps = lambda seconds: b * (n - 1) / seconds
-    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"model: preset {FLAGS.preset}, {n_params / 1e6:.1f}M parameters, float32; prompt "
-          f"{b} x {length} tokens ({int(np.prod(grid))} image patches per row); "
-          f"{n} new tokens; median of {reps}")  # fmt: skip
+    print(
+        f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"model: preset {FLAGS.preset}, {n_params / 1e6:.1f}M parameters, float32; prompt "
+        f"{b} x {length} tokens ({int(np.prod(grid))} image patches per row); "
+        f"{n} new tokens; median of {reps}"
+    )
     print(f"greedy tokens equal to transformers for the first {agree} of {n} steps")
     print(f"{'':24}{'prefill ms':>12}{'decode tok/s':>14}")
     print(f"{f'transformers ({best} thr)':24}{hf_prefill * 1e3:12.1f}{tps(hf_decode):14.1f}")

@@ -27,21 +27,31 @@ def flops_table():
             f = vision_block_flops(cfg, n, full=full)
             base.setdefault(full, f)
             kind = "full  " if full else "window"
-            print(f"  {kind} block, {n:6d} patches: {f / 1e9:9.2f} GFLOP "
-                  f"({f / base[full]:.2f}x the 1024-patch cost)")  # fmt: skip
+            print(
+                f"  {kind} block, {n:6d} patches: {f / 1e9:9.2f} GFLOP "
+                f"({f / base[full]:.2f}x the 1024-patch cost)"
+            )
 
 
 def compile_seconds(num_layers: int) -> float:
     cfg = ModelConfig.tiny(
-        num_layers=num_layers, hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64,
-        mrope_section=(8, 12, 12), intermediate_size=512,
-    )  # fmt: skip
+        num_layers=num_layers,
+        hidden_size=256,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=64,
+        mrope_section=(8, 12, 12),
+        intermediate_size=512,
+    )
     model = nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     grid = np.array([[1, 8, 8]])
     ids = np.array([[3] + [cfg.image_token_id] * 16 + [5] * 40])
-    arrays = {"input_ids": ids, "pixel_values": np.zeros((64, 1176), np.float32),
-              "image_grid_thw": grid}  # fmt: skip
+    arrays = {
+        "input_ids": ids,
+        "pixel_values": np.zeros((64, 1176), np.float32),
+        "image_grid_thw": grid,
+    }
     inputs, _ = inputs_from_hf(cfg, arrays)
     t0 = time.perf_counter()
     jax.jit(forward).lower(graphdef, state, inputs).compile()

@@ -61,9 +61,14 @@ WORDS = tuple(_TEXT.split())
 def synthetic_image(rng, h: int, w: int) -> Image.Image:
     """Smooth colour gradients plus noise: JPEG-compressible like a photo, not a flat field."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([np.sin(x / rng.uniform(20, 200) + rng.uniform(0, 6)),
-                     np.cos(y / rng.uniform(20, 200) + rng.uniform(0, 6)),
-                     np.sin((x + y) / rng.uniform(20, 200))], -1)  # fmt: skip
+    base = np.stack(
+        [
+            np.sin(x / rng.uniform(20, 200) + rng.uniform(0, 6)),
+            np.cos(y / rng.uniform(20, 200) + rng.uniform(0, 6)),
+            np.sin((x + y) / rng.uniform(20, 200)),
+        ],
+        -1,
+    )
     noise = rng.normal(0, 0.15, (h, w, 3)).astype(np.float32)
     return Image.fromarray(np.clip((base + noise + 1) * 127.5, 0, 255).astype(np.uint8))
 
@@ -89,12 +94,14 @@ def make_corpus(root: str, tok, rng) -> str:
             n_question = max(1, int(n_text * rng.uniform(0.05, 0.3)))
             record = {
                 "messages": [
-                    {"role": "user",
-                     "content": "<image>" * k + text_of_tokens(rng, tok, n_question)},
+                    {
+                        "role": "user",
+                        "content": "<image>" * k + text_of_tokens(rng, tok, n_question),
+                    },
                     {"role": "assistant", "content": text_of_tokens(rng, tok, n_text - n_question)},
                 ],
                 "images": [f"im{int(i)}.jpg" for i in rng.integers(0, FLAGS.images, k)],
-            }  # fmt: skip
+            }
             f.write(json.dumps(record) + "\n")
     return path
 
@@ -111,8 +118,13 @@ def run_pipeline(conf: PipelineConfig, cfg: ModelConfig, tok) -> dict:
     t1 = time.perf_counter()
     counts = it.counts
     steady = (counts["samples"] - first[1]) / max(t1 - first[0], 1e-9)
-    return {"counts": counts, "seconds": t1 - t0, "samples_per_s": counts["samples"] / (t1 - t0),
-            "steady_samples_per_s": steady, "batches": n_batches}  # fmt: skip
+    return {
+        "counts": counts,
+        "seconds": t1 - t0,
+        "samples_per_s": counts["samples"] / (t1 - t0),
+        "steady_samples_per_s": steady,
+        "batches": n_batches,
+    }
 
 
 def planner_efficiency(cfg: ModelConfig, bucket: Bucket, rng) -> dict:
@@ -134,18 +146,25 @@ def planner_efficiency(cfg: ModelConfig, bucket: Bucket, rng) -> dict:
         window = carry + list(range(pos, min(pos + k, len(sizes))))
         pos += k
         batches, kept = plan_window(
-            [sizes[i] for i in window], [bucket], FLAGS.batch_size, min_fill=0.97, max_carry=k,
+            [sizes[i] for i in window],
+            [bucket],
+            FLAGS.batch_size,
+            min_fill=0.97,
+            max_carry=k,
             forced=[j for j, i in enumerate(window) if ages.get(i, 0) >= 4],
             final=pos >= len(sizes),
-        )  # fmt: skip
+        )
         for _, bins in batches:
             real += sum(sizes[window[j]][0] for b in bins for j in b)
             patches += sum(sizes[window[j]][1] for b in bins for j in b)
             cap += FLAGS.batch_size
         carry = [window[j] for j in kept]
         ages = {i: ages.get(i, 0) + 1 for i in carry}
-    return {"samples": len(sizes), "text": real / (cap * bucket.seq_len),
-            "slots": patches / (cap * bucket.num_slots)}  # fmt: skip
+    return {
+        "samples": len(sizes),
+        "text": real / (cap * bucket.seq_len),
+        "slots": patches / (cap * bucket.num_slots),
+    }
 
 
 def main(argv):
@@ -158,8 +177,10 @@ def main(argv):
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
         path = make_corpus(root, tok, rng)
-        print(f"corpus: {FLAGS.samples} records, {FLAGS.images} JPEGs, "
-              f"{time.perf_counter() - t0:.1f} s to write")  # fmt: skip
+        print(
+            f"corpus: {FLAGS.samples} records, {FLAGS.images} JPEGs, "
+            f"{time.perf_counter() - t0:.1f} s to write"
+        )
         # per-sample cost of the worker side alone (decode, resize, patchify, tokenize, indices)
         opts = RecordOptions(media_root=root)
         with open(path, "rb") as f:
@@ -168,32 +189,46 @@ def main(argv):
         for i, line in enumerate(lines):
             record_to_sample(line, f"corpus:{i + 1}", cfg=cfg, tokenizer=tok, options=opts)
         per_sample = (time.perf_counter() - t0) / max(len(lines), 1)
-        print(f"preprocessing alone: {1000 * per_sample:.0f} ms/sample "
-              f"({1 / per_sample:.2f} samples/s per worker core)")  # fmt: skip
+        print(
+            f"preprocessing alone: {1000 * per_sample:.0f} ms/sample "
+            f"({1 / per_sample:.2f} samples/s per worker core)"
+        )
         for workers in (int(w) for w in FLAGS.workers if w):
             conf = PipelineConfig(
-                paths=(path,), media_root=root, buckets=(bucket,), batch_size=FLAGS.batch_size,
-                num_epochs=FLAGS.epochs, num_workers=workers, lookahead=FLAGS.lookahead,
-                on_bad_record="skip", seed=FLAGS.seed,
+                paths=(path,),
+                media_root=root,
+                buckets=(bucket,),
+                batch_size=FLAGS.batch_size,
+                num_epochs=FLAGS.epochs,
+                num_workers=workers,
+                lookahead=FLAGS.lookahead,
+                on_bad_record="skip",
+                seed=FLAGS.seed,
                 **({"worker_buffer_size": FLAGS.worker_buffer} if FLAGS.worker_buffer else {}),
-            )  # fmt: skip
+            )
             r = run_pipeline(conf, cfg, tok)
             c, eff = r["counts"], efficiency(r["counts"])
-            print(f"workers={workers}: {c['samples']} samples in {r['batches']} batches, "
-                  f"{r['seconds']:.1f} s -> {r['samples_per_s']:.2f} samples/s "
-                  f"(after the first batch {r['steady_samples_per_s']:.2f} samples/s); packing "
-                  f"text {eff['text']:.4f}, patches {eff['patches']:.4f} of P={FLAGS.num_slots}; "
-                  f"mean {c['real_tokens'] / c['samples']:.0f} tokens/sample; "
-                  f"truncated {c['truncated']}, skipped {sum(c['skipped'].values())}, "
-                  f"padding examples {c['padding_examples']}")  # fmt: skip
+            print(
+                f"workers={workers}: {c['samples']} samples in {r['batches']} batches, "
+                f"{r['seconds']:.1f} s -> {r['samples_per_s']:.2f} samples/s "
+                f"(after the first batch {r['steady_samples_per_s']:.2f} samples/s); packing "
+                f"text {eff['text']:.4f}, patches {eff['patches']:.4f} of P={FLAGS.num_slots}; "
+                f"mean {c['real_tokens'] / c['samples']:.0f} tokens/sample; "
+                f"truncated {c['truncated']}, skipped {sum(c['skipped'].values())}, "
+                f"padding examples {c['padding_examples']}"
+            )
             if workers == 0:  # in-process run = preprocessing + the serial main-process part
                 main_side = r["seconds"] / c["samples"] - per_sample
-                print(f"  packing + batching in the main process: {1000 * main_side:.0f} "
-                      f"ms/sample (the serial part)")  # fmt: skip
+                print(
+                    f"  packing + batching in the main process: {1000 * main_side:.0f} "
+                    f"ms/sample (the serial part)"
+                )
     plan = planner_efficiency(cfg, bucket, np.random.default_rng(FLAGS.seed + 1))
-    print(f"planner only ({plan['samples']} sample sizes, L={FLAGS.seq_len}, P={FLAGS.num_slots}, "
-          f"lookahead={FLAGS.lookahead}, batch={FLAGS.batch_size}): text {plan['text']:.4f}, "
-          f"ViT slots {plan['slots']:.4f}")  # fmt: skip
+    print(
+        f"planner only ({plan['samples']} sample sizes, L={FLAGS.seq_len}, P={FLAGS.num_slots}, "
+        f"lookahead={FLAGS.lookahead}, batch={FLAGS.batch_size}): text {plan['text']:.4f}, "
+        f"ViT slots {plan['slots']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,13 +79,17 @@ def main(argv):
     t_torch, threads = best_torch_seconds(torch_step, FLAGS.repeats)
     t_jax = median_seconds(jax_step, FLAGS.repeats)
     tokens = float(arrays["attention_mask"].sum())
-    print(f"batch {FLAGS.batch} x {arrays['input_ids'].shape[1]} tokens ({tokens:.0f} real), "
-          f"one 224x224 image per row, torch threads {threads} (the faster of 1, 2)")  # fmt: skip
+    print(
+        f"batch {FLAGS.batch} x {arrays['input_ids'].shape[1]} tokens ({tokens:.0f} real), "
+        f"one 224x224 image per row, torch threads {threads} (the faster of 1, 2)"
+    )
     print(f"transformers + torch AdamW: {tokens / t_torch:9.1f} tokens/s ({t_torch * 1e3:.0f} ms)")
     print(f"ours (jit step):            {tokens / t_jax:9.1f} tokens/s ({t_jax * 1e3:.0f} ms)")
     print(f"speed ratio ours / transformers: {t_torch / t_jax:.2f}x")
-    print(f"step FLOPs: compiled (XLA cost analysis) {compiled['flops'] / 1e9:.2f} G, "
-          f"analytic {analytic / 1e9:.2f} G, ratio {compiled['flops'] / analytic:.3f}")  # fmt: skip
+    print(
+        f"step FLOPs: compiled (XLA cost analysis) {compiled['flops'] / 1e9:.2f} G, "
+        f"analytic {analytic / 1e9:.2f} G, ratio {compiled['flops'] / analytic:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,18 @@ from qwen25vl_jax.cli_errors import InputError
 
 DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32)}
 # Non-weight files of a release that vLLM / SGLang / transformers need beside the weights.
-ASSET_PATTERNS = ("tokenizer*", "vocab.json", "merges.txt", "special_tokens_map.json",
-                  "added_tokens.json", "preprocessor_config.json",
-                  "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja",
-                  "generation_config.json")  # fmt: skip
+ASSET_PATTERNS = (
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 ASSETS_DIR = "hf_assets"
 _MAX_ASSET_BYTES = 256 << 20
 
@@ -122,8 +130,10 @@ def atomic_output_dir(output_dir: str, *, overwrite: bool, source: str):
 def check_free_space(directory: str, need_bytes: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < need_bytes * 1.02 + (64 << 20):
-        raise ConversionError(f"{directory}: {free / 1e9:.1f} GB free, the output needs about "
-                              f"{need_bytes / 1e9:.1f} GB")  # fmt: skip
+        raise ConversionError(
+            f"{directory}: {free / 1e9:.1f} GB free, the output needs about "
+            f"{need_bytes / 1e9:.1f} GB"
+        )
 
 
 def copy_assets(src_dir: str, dst_dir: str) -> list[str]:
@@ -133,8 +143,11 @@ def copy_assets(src_dir: str, dst_dir: str) -> list[str]:
         return copied
     for name in sorted(os.listdir(src_dir)):
         path = os.path.join(src_dir, name)
-        if (os.path.isfile(path) and any(fnmatch.fnmatch(name, p) for p in ASSET_PATTERNS)
-                and os.path.getsize(path) <= _MAX_ASSET_BYTES):  # fmt: skip
+        if (
+            os.path.isfile(path)
+            and any(fnmatch.fnmatch(name, p) for p in ASSET_PATTERNS)
+            and os.path.getsize(path) <= _MAX_ASSET_BYTES
+        ):
             os.makedirs(dst_dir, exist_ok=True)
             shutil.copy2(path, os.path.join(dst_dir, name))
             copied.append(name)

@@ -20,8 +20,16 @@ def _hms(seconds: float) -> str:
 class Progress:
     """Counts tensors and bytes done; `update(tensors, nbytes)`, then `close()`."""
 
-    def __init__(self, label: str, total_tensors: int, total_bytes: int, *, enabled=True,
-                 every: float = 5.0, stream=None):  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        total_tensors: int,
+        total_bytes: int,
+        *,
+        enabled=True,
+        every: float = 5.0,
+        stream=None,
+    ):
         self.label, self.total_tensors, self.total_bytes = label, total_tensors, total_bytes
         self.tensors = self.nbytes = 0
         self.enabled = enabled
@@ -38,9 +46,11 @@ class Progress:
     def line(self) -> str:
         rate = self.rate
         eta = (self.total_bytes - self.nbytes) / rate if rate > 0 else 0.0
-        return (f"{self.label}: {self.tensors}/{self.total_tensors} tensors  "
-                f"{self.nbytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB  "
-                f"{rate / 1e6:.1f} MB/s  eta {_hms(eta)}")  # fmt: skip
+        return (
+            f"{self.label}: {self.tensors}/{self.total_tensors} tensors  "
+            f"{self.nbytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB  "
+            f"{rate / 1e6:.1f} MB/s  eta {_hms(eta)}"
+        )
 
     def update(self, tensors: int, nbytes: int) -> None:
         self.tensors += tensors
@@ -78,8 +88,13 @@ print(json.dumps({"returncode": p.returncode, "wall_s": wall, "peak_rss": rss}))
 def run_measured(cmd: list[str], *, env=None, timeout=None) -> dict:
     """Runs `cmd` under a fresh parent; returns returncode, wall_s, peak_rss (bytes) and the
     child's stderr. A fresh parent makes `RUSAGE_CHILDREN` the peak of this child alone."""
-    p = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], env=env, timeout=timeout,
-                       capture_output=True, text=True)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd],
+        env=env,
+        timeout=timeout,
+        capture_output=True,
+        text=True,
+    )
     lines = p.stdout.strip().splitlines()
     if p.returncode or not lines:
         raise RuntimeError(f"measuring {cmd} failed: {p.stderr[-2000:]}")

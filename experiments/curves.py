@@ -99,12 +99,19 @@ def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -
         task, better, desc = METRICS[m]
         at = [p for p in points if m in p["metrics"]]
         model = [(p["step"], p["metrics"][m]["model"]) for p in at]
-        base = [(p["step"], p["metrics"][m]["baseline"]) for p in at
-                if p["metrics"][m].get("baseline") is not None]  # fmt: skip
+        base = [
+            (p["step"], p["metrics"][m]["baseline"])
+            for p in at
+            if p["metrics"][m].get("baseline") is not None
+        ]
         ns = sorted({p["metrics"][m].get("n", p.get("n")) for p in at} - {None})
         n = f", n {'/'.join(map(str, ns))}" if ns else ""
-        panels.append((f"{task}: {desc} ({better} is better{n})",
-                       [(model, MODEL_COLOUR, False), (base, BASELINE_COLOUR, True)]))  # fmt: skip
+        panels.append(
+            (
+                f"{task}: {desc} ({better} is better{n})",
+                [(model, MODEL_COLOUR, False), (base, BASELINE_COLOUR, True)],
+            )
+        )
     for k, (title, series) in enumerate(panels):
         x, y = (k % PANEL_COLS) * pw, 24 + (k // PANEL_COLS) * ph
         _panel(draw, (x, y, x + pw, y + ph), title, series, x_range)

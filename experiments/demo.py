@@ -169,12 +169,19 @@ def run(
         final = os.path.join(train_dir, str(step)) == ckpt
         model, _ = load_checkpoint(os.path.join(train_dir, str(step)))
         result = evaluation.evaluate(
-            model, tokenizer, paths["eval"], options, train_data=paths["train"],
-            max_samples=None if final else CURVE_RECORDS, batch_size=eval_batch,
-            draw=png if final else None, log=log if final else lambda _: None,
-        )  # fmt: skip
-        kept = {m: {k: v[k] for k in ("model", "baseline", "n")}
-                for m, v in result["metrics"].items()}  # fmt: skip
+            model,
+            tokenizer,
+            paths["eval"],
+            options,
+            train_data=paths["train"],
+            max_samples=None if final else CURVE_RECORDS,
+            batch_size=eval_batch,
+            draw=png if final else None,
+            log=log if final else lambda _: None,
+        )
+        kept = {
+            m: {k: v[k] for k in ("model", "baseline", "n")} for m, v in result["metrics"].items()
+        }
         points.append({"step": step, "metrics": kept})
         if not final:
             log(
@@ -212,15 +219,19 @@ def run(
     log("[demo] 4/4 report")
     log(evaluation.format_table(result["metrics"]))
     beaten = sum(report["beats_baseline"].values())
-    log(f"[demo] the model beats every baseline on {beaten} of {len(report['beats_baseline'])} "
+    log(
+        f"[demo] the model beats every baseline on {beaten} of {len(report['beats_baseline'])} "
         f"metrics; "
         f"{report['steps']} steps; wall {times['total_s']:.0f} s (data {times['prepare_s']:.0f}, "
         f"train {times['train_s']:.0f}, eval {times['eval_s']:.0f}); load average "
-        f"{report['load_average'][0]:.1f}")  # fmt: skip
+        f"{report['load_average'][0]:.1f}"
+    )
     log(format_published(report["published"], seed))
-    log(f"[demo] curves: {curves_png}; boxes: {png}; report: "
+    log(
+        f"[demo] curves: {curves_png}; boxes: {png}; report: "
         f"{os.path.join(workdir, 'report.json')}; TensorBoard: tensorboard "
-        f"--logdir={report['files']['tensorboard']}")  # fmt: skip
+        f"--logdir={report['files']['tensorboard']}"
+    )
     return report
 
 
@@ -244,12 +255,15 @@ def format_published(compared: dict, seed: int) -> str:
     from experiments.metrics import METRICS
     from experiments.published import DEMO
 
-    lines = [f"[demo] against the README's figures (seed {DEMO['seed']}, {DEMO['steps']} steps, "
-             f"{DEMO['date']}; this run: seed {seed}):"]  # fmt: skip
+    lines = [
+        f"[demo] against the README's figures (seed {DEMO['seed']}, {DEMO['steps']} steps, "
+        f"{DEMO['date']}; this run: seed {seed}):"
+    ]
     for name, v in compared.items():
         where = {None: "the same", True: "better", False: "worse"}[v["better"]]
-        lines.append(f"[demo]   {METRICS[name][2]:<23} {v['run']:.3f} vs {v['published']:.3f}: "
-                     f"{where}")  # fmt: skip
+        lines.append(
+            f"[demo]   {METRICS[name][2]:<23} {v['run']:.3f} vs {v['published']:.3f}: {where}"
+        )
     return "\n".join(lines)
 
 
@@ -259,8 +273,14 @@ def main(argv):
     for name in ("num_train", "num_eval", "devices", "steps"):
         if f[name].value is not None and f[name].value < 1:
             raise InputError(f"--{name}={f[name].value}: must be at least 1")
-    run(f.workdir, num_train=f.num_train, num_eval=f.num_eval, steps=f.steps, devices=f.devices,
-        seed=f.seed)  # fmt: skip
+    run(
+        f.workdir,
+        num_train=f.num_train,
+        num_eval=f.num_eval,
+        steps=f.steps,
+        devices=f.devices,
+        seed=f.seed,
+    )
 
 
 if __name__ == "__main__":  # flags defined here only: importing the module defines none

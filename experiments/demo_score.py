@@ -43,10 +43,18 @@ def main(argv):
     real = ModelConfig()
     cfg = dataclasses.replace(
         ModelConfig.tiny(vocab_size=151665),
-        **{f: getattr(real, f) for f in ("image_token_id", "video_token_id",
-                                          "vision_start_token_id", "vision_end_token_id",
-                                          "bos_token_id", "eos_token_id")},
-    )  # fmt: skip
+        **{
+            f: getattr(real, f)
+            for f in (
+                "image_token_id",
+                "video_token_id",
+                "vision_start_token_id",
+                "vision_end_token_id",
+                "bos_token_id",
+                "eos_token_id",
+            )
+        },
+    )
     shutil.rmtree(FLAGS.workdir, ignore_errors=True)
     os.makedirs(FLAGS.workdir)
     ckpt = save_params(os.path.join(FLAGS.workdir, "orbax"), Qwen25VL(cfg, rngs=nnx.Rngs(0)), cfg)
@@ -58,24 +66,43 @@ def main(argv):
     save_tokenizer_dir(tokenizer, hf_dir)
 
     pixels, grid = preprocess_image(demo_image())
-    messages = [{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": "Where is the red circle?"}]}]  # fmt: skip
-    ids, _ = encode_chat(tokenizer, messages, image_token_counts=[int(np.prod(grid)) // 4],
-                         video_token_counts=[], add_generation_prompt=True)  # fmt: skip
-    arrays = {"input_ids": ids[None].astype(np.int64), "attention_mask": np.ones((1, len(ids))),
-              "pixel_values": pixels, "image_grid_thw": grid[None]}  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Where is the red circle?"}],
+        }
+    ]
+    ids, _ = encode_chat(
+        tokenizer,
+        messages,
+        image_token_counts=[int(np.prod(grid)) // 4],
+        video_token_counts=[],
+        add_generation_prompt=True,
+    )
+    arrays = {
+        "input_ids": ids[None].astype(np.int64),
+        "attention_mask": np.ones((1, len(ids))),
+        "pixel_values": pixels,
+        "image_grid_thw": grid[None],
+    }
     from_orbax = score(*load_checkpoint(ckpt), arrays)
     from_hf = score(*load_hf(hf_dir), arrays)
     assert np.array_equal(from_orbax["logits"], from_hf["logits"])
     logits = from_orbax["logits"][0, -1]
     top = np.argsort(-logits)[:5]
     image = ids == cfg.image_token_id
-    print(f"image 364x252 -> grid {grid.tolist()} -> {int(image.sum())} vision tokens; "
-          f"prompt of {len(ids)} tokens")  # fmt: skip
-    print("3-D positions of the first vision tokens (t, h, w):",
-          from_orbax["position_ids"][:, 0, image][:, :4].T.tolist())  # fmt: skip
-    print("next-token top-5 of the random model:",
-          [(tokenizer.decode([int(t)]), round(float(logits[t]), 3)) for t in top])  # fmt: skip
+    print(
+        f"image 364x252 -> grid {grid.tolist()} -> {int(image.sum())} vision tokens; "
+        f"prompt of {len(ids)} tokens"
+    )
+    print(
+        "3-D positions of the first vision tokens (t, h, w):",
+        from_orbax["position_ids"][:, 0, image][:, :4].T.tolist(),
+    )
+    print(
+        "next-token top-5 of the random model:",
+        [(tokenizer.decode([int(t)]), round(float(logits[t]), 3)) for t in top],
+    )
     print(f"Orbax checkpoint {ckpt} and its Hugging Face export {hf_dir} give identical logits.")
 
 

@@ -25,9 +25,12 @@ V5 = {
     "model": {"num_layers": 3},
     "mix": [0.55, 0.17, 0.28],
     "steps": 640,
-    "overrides": ["--config.data.seq_len=512", "--config.data.num_slots=768",
-                  "--config.train.batch_size=4"],
-}  # fmt: skip
+    "overrides": [
+        "--config.data.seq_len=512",
+        "--config.data.num_slots=768",
+        "--config.train.batch_size=4",
+    ],
+}
 MIX70 = {"mix": [0.7, 0.15, 0.15]}
 VARIANTS = {
     "demo": {},  # the committed experiments/configs/demo.py and synthetic_tasks.MIX
@@ -49,12 +52,18 @@ def run_kwargs(name: str, seed: int, num_eval: int, workers: int, steps: int | N
         raise ValueError(f"unknown variant {name!r}; choose from {sorted(VARIANTS)}")
     v = VARIANTS[name]
     return {
-        "num_train": v.get("num_train", 3000), "num_eval": num_eval,
+        "num_train": v.get("num_train", 3000),
+        "num_eval": num_eval,
         "steps": steps or v.get("steps"),
-        "seed": seed, "mix": v.get("mix"), "model_args": v.get("model"),
-        "overrides": [*v.get("overrides", []), f"--config.data.workers={workers}",
-                      "--config.train.save_every=100000"],
-    }  # fmt: skip
+        "seed": seed,
+        "mix": v.get("mix"),
+        "model_args": v.get("model"),
+        "overrides": [
+            *v.get("overrides", []),
+            f"--config.data.workers={workers}",
+            "--config.train.save_every=100000",
+        ],
+    }
 
 
 def read_json(path: str) -> dict:
@@ -75,9 +84,18 @@ def table(rows: list[tuple[str, dict | None]]) -> str:
     return "\n".join(out)
 
 
-def sweep(workdir: str, names: list[str], seeds: list[int], *, parallel: int, devices: int,
-          num_eval: int, workers: int, deadline_s: float,
-          steps: int | None = None) -> str:  # fmt: skip
+def sweep(
+    workdir: str,
+    names: list[str],
+    seeds: list[int],
+    *,
+    parallel: int,
+    devices: int,
+    num_eval: int,
+    workers: int,
+    deadline_s: float,
+    steps: int | None = None,
+) -> str:
     """Runs every (variant, seed), `parallel` at a time; returns the table (also table.md)."""
     jobs = [(n, s) for n in names for s in seeds]
     for n, s in jobs:
@@ -89,8 +107,9 @@ def sweep(workdir: str, names: list[str], seeds: list[int], *, parallel: int, de
             n, s = jobs.pop(0)
             out = os.path.join(workdir, f"{n}-s{s}")
             os.makedirs(out, exist_ok=True)
-            spec = json.dumps({"workdir": out, "devices": devices,
-                               **run_kwargs(n, s, num_eval, workers, steps)})  # fmt: skip
+            spec = json.dumps(
+                {"workdir": out, "devices": devices, **run_kwargs(n, s, num_eval, workers, steps)}
+            )
             log = open(os.path.join(out, "log.txt"), "w")  # noqa: SIM115 (open while it runs)
             cmd = [sys.executable, "-m", "experiments.demo_sweep", f"--run_one={spec}"]
             running[(n, s)] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
@@ -107,8 +126,11 @@ def sweep(workdir: str, names: list[str], seeds: list[int], *, parallel: int, de
             path = os.path.join(workdir, f"{key[0]}-s{key[1]}", "report.json")
             ok = proc.returncode == 0 and os.path.exists(path)
             done[key] = read_json(path) if ok else None
-            print(f"[sweep] {key[0]} seed {key[1]}: {'done' if ok else 'FAILED (see log.txt)'} "
-                  f"at {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"[sweep] {key[0]} seed {key[1]}: {'done' if ok else 'FAILED (see log.txt)'} "
+                f"at {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
         if time.perf_counter() - t0 > deadline_s:
             jobs = []
     rows = [(f"{n} s{s}", done.get((n, s))) for n in names for s in seeds]
@@ -126,9 +148,19 @@ def main(argv):
 
         demo.run(**json.loads(f.run_one))
         return
-    print(sweep(f.workdir, f.variants.split(","), [int(s) for s in f.seeds.split(",")],
-                parallel=f.parallel, devices=f.devices, num_eval=f.num_eval, workers=f.workers,
-                deadline_s=f.deadline_s, steps=f.steps or None))  # fmt: skip
+    print(
+        sweep(
+            f.workdir,
+            f.variants.split(","),
+            [int(s) for s in f.seeds.split(",")],
+            parallel=f.parallel,
+            devices=f.devices,
+            num_eval=f.num_eval,
+            workers=f.workers,
+            deadline_s=f.deadline_s,
+            steps=f.steps or None,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 
+from experiments.eval_examples import Example, load_examples, message_text
 from experiments.metrics import (
     BASELINES,
     METRICS,
@@ -59,127 +60,24 @@ from qwen25vl_jax.cli_errors import (
     run,
 )
 from qwen25vl_jax.data.records import (
-    Conversation,
     RecordError,
     RecordOptions,
-    decode_record,
-    load_image,
-    parse_record,
-    resolve_media,
 )
 from qwen25vl_jax.precision import define_precision_flag, set_matmul_precision
 
 
-# ---- records -> examples ----------------------------------------------------------------------
-@dataclasses.dataclass
-class Example:
-    """One question. conversation: the record up to the question (its messages are the prompt,
-    its media those shown); truth: box (x1, y1, x2, y2) in original-image pixels, count or
-    seconds; image_path / original_hw: the image the question is about (the last one shown)."""
-
-    record_id: str
-    task: str
-    conversation: Conversation
-    truth: tuple | float
-    image_path: str | None = None
-    original_hw: tuple[int, int] | None = None
-
-    @property
-    def prompt(self) -> list[dict]:
-        return self.conversation.messages
-
-
-def _text(message) -> str:
-    return "".join(it.get("text", "") for it in message["content"])
-
-
-def media_problem(conv: Conversation, options: RecordOptions) -> RecordError | None:
-    """Why a record's media cannot be used (a missing file, an image that does not decode, as
-    a `RecordError` naming the record), or None. Videos are only checked to exist."""
-    for ref in conv.media:
-        path = resolve_media(options.media_root, ref.path)
-        try:
-            if ref.kind == "image":
-                load_image(path, conv.record_id)
-            elif not os.path.isfile(path):
-                raise RecordError(conv.record_id, "missing_media", f"video file not found: {path}")
-        except RecordError as err:
-            return err
-    return None
-
-
-def load_examples(path: str, options: RecordOptions, max_samples: int | None = None, *,
-                  factor: int = 28, skipped: list | None = None) -> list[Example]:  # fmt: skip
-    """The questions of a JSONL file (the first `max_samples` only). Truth boxes are read in the
-    convention of `options.ground_coords` (resized: pixels of the image `smart_resize`d with
-    `factor` = patch size x merge size and the image budgets) and mapped to original pixels.
-    Given a ``skipped`` list, a record whose media are missing or do not decode is appended
-    to it (a `RecordError` each) and left out. A malformed record raises `RecordError`."""
-    from PIL import Image
-
-    from qwen25vl_jax.data.vision import scale_boxes, smart_resize
-    from qwen25vl_jax.inference.grounding import parse_grounding
-
-    sizes: dict[str, tuple[int, int]] = {}
-    out: list[Example] = []
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such evaluation file")
-    with open(path) as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    for line_no, line in lines:
-        where = f"{path}:{line_no}"
-        raw = decode_record(line, where)
-        conv = parse_record(raw, where)
-        problem = media_problem(conv, options) if skipped is not None else None
-        if problem is not None:
-            skipped.append(problem)
-            continue
-        for j, message in enumerate(conv.messages):
-            if message["role"] != "assistant":
-                continue
-            if max_samples is not None and len(out) >= max_samples:
-                return out
-            answer, prompt = _text(message), conv.messages[:j]
-            shown = sum(it["type"] != "text" for m in prompt for it in m["content"])
-            turn = dataclasses.replace(conv, messages=prompt, media=conv.media[:shown])
-            images = [m.path for m in turn.media if m.kind == "image"]
-            image = images[-1] if images else None
-            if image and not os.path.isabs(image):
-                image = os.path.join(options.media_root, image)
-            video = any(m.kind == "video" for m in turn.media)
-            task = raw.get("task") or ("grounding" if "bbox_2d" in answer else
-                                       "timing" if video else "counting")  # fmt: skip
-            if task not in BASELINES:
-                raise RecordError(conv.record_id, "malformed", f"unknown task {task!r}")
-            if task != "grounding":
-                truth = parse_number(answer)
-                if truth is None:
-                    raise RecordError(conv.record_id, "malformed", f"{task} answer without a "
-                                      f"number: {answer!r}")  # fmt: skip
-                out.append(Example(conv.record_id, task, turn, truth, image))
-                continue
-            found = [d for d in parse_grounding(answer).detections if d.kind == "bbox"]
-            if not found or image is None:
-                raise RecordError(conv.record_id, "malformed", "grounding needs an image before "
-                                  f"the question and a box in the answer: {answer!r}")  # fmt: skip
-            if image not in sizes:
-                with Image.open(image) as im:  # the header only
-                    sizes[image] = (im.height, im.width)
-            hw = sizes[image]
-            written_hw = hw if options.ground_coords == "original" else smart_resize(
-                *hw, factor=factor, min_pixels=options.min_pixels, max_pixels=options.max_pixels
-            )  # fmt: skip
-            truth = tuple(scale_boxes(np.asarray(found[0].coords, float), written_hw, hw).tolist())
-            out.append(Example(conv.record_id, task, turn, truth, image, hw))
-    return out
-
-
 def baseline_stats(examples: list[Example]) -> dict:
     """The baselines' constants (`metrics.fit_baselines`) fitted on `examples`' truths."""
-    rel = [np.asarray(e.truth) / np.tile(e.original_hw[::-1], 2)
-           for e in examples if e.task == "grounding"]  # fmt: skip
-    return fit_baselines(rel, [e.truth for e in examples if e.task == "counting"],
-                         [e.truth for e in examples if e.task == "timing"])  # fmt: skip
+    rel = [
+        np.asarray(e.truth) / np.tile(e.original_hw[::-1], 2)
+        for e in examples
+        if e.task == "grounding"
+    ]
+    return fit_baselines(
+        rel,
+        [e.truth for e in examples if e.task == "counting"],
+        [e.truth for e in examples if e.task == "timing"],
+    )
 
 
 # ---- generation -------------------------------------------------------------------------------
@@ -194,12 +92,26 @@ def prepare(e: Example, cfg, tokenizer, options: RecordOptions):
     messages = e.prompt
     if options.ground_coords == "original":
         messages = ground_messages(e.conversation, media, cfg.vision.patch_size)
-    return encode_sample(cfg, tokenizer, messages, media, add_generation_prompt=True,
-                         default_system=options.default_system)  # fmt: skip
+    return encode_sample(
+        cfg,
+        tokenizer,
+        messages,
+        media,
+        add_generation_prompt=True,
+        default_system=options.default_system,
+    )
 
 
-def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batch_size: int = 16,
-                     max_new_tokens: int = 64, log=print) -> list[dict]:  # fmt: skip
+def generate_answers(
+    model,
+    tokenizer,
+    examples,
+    options: RecordOptions,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+    log=print,
+) -> list[dict]:
     """Greedy answers of every example: [{"answer": str, "resized_hw": (h, w) of the question's
     image | None, "duration": seconds of the video | None}]. Batches hold one modality (by
     the first medium); every batch of a modality has the same shapes (rows, prompt length and
@@ -215,8 +127,7 @@ def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batc
     prepared = [prepare(e, cfg, tokenizer, options) for e in examples]
     out: list[dict] = [{}] * len(examples)
     for kind in ("image", "video", None):
-        rows = [i for i, p in enumerate(prepared)
-                if (p.media[0].kind if p.media else None) == kind]  # fmt: skip
+        rows = [i for i, p in enumerate(prepared) if (p.media[0].kind if p.media else None) == kind]
         if not rows:
             continue
         slots = max(prepared[i].num_slots(cfg) for i in rows)
@@ -226,10 +137,15 @@ def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batc
         for start in range(0, len(rows), rows_per_batch):
             chunk = rows[start : start + rows_per_batch]
             padded = chunk + [chunk[-1]] * (rows_per_batch - len(chunk))
-            batch = prepare_batch(cfg, [prepared[i] for i in padded], length_bucket=length,
-                                  patch_bucket=slots or None)  # fmt: skip
-            res = gen.generate(batch, max_new_tokens=max_new_tokens, stop_tokens=stop,
-                               cache_size=length + round_up(max_new_tokens, 64))  # fmt: skip
+            batch = prepare_batch(
+                cfg, [prepared[i] for i in padded], length_bucket=length, patch_bucket=slots or None
+            )
+            res = gen.generate(
+                batch,
+                max_new_tokens=max_new_tokens,
+                stop_tokens=stop,
+                cache_size=length + round_up(max_new_tokens, 64),
+            )
             for r, i in enumerate(chunk):
                 toks = [int(t) for t in res.tokens[r, : res.num_tokens[r]] if t not in stop]
                 images = [m for m in prepared[i].media if m.kind == "image"]
@@ -239,8 +155,10 @@ def generate_answers(model, tokenizer, examples, options: RecordOptions, *, batc
                     "resized_hw": images[-1].resized_hw(ps) if images else None,
                     "duration": videos[-1].duration if videos else None,
                 }
-        log(f"[eval] {len(rows)} {kind or 'text'} questions answered in "
-            f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+        log(
+            f"[eval] {len(rows)} {kind or 'text'} questions answered in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
     return out
 
 
@@ -261,15 +179,19 @@ def score(examples: list[Example], answers: list[dict], stats: dict) -> dict:
     samples = []
     for e, a in zip(examples, answers, strict=True):
         if e.task == "grounding":
-            found = [d for d in ground(a["answer"], a["resized_hw"], e.original_hw).detections
-                     if d.kind == "bbox"]  # fmt: skip
+            found = [
+                d
+                for d in ground(a["answer"], a["resized_hw"], e.original_hw).detections
+                if d.kind == "bbox"
+            ]
             pred = list(found[0].coords) if found else None
         else:
             pred = parse_number(a["answer"])
         by_task[e.task].append((pred, e, a))
         truth = list(e.truth) if e.task == "grounding" else e.truth
-        samples.append({"id": e.record_id, "task": e.task, "answer": a["answer"], "pred": pred,
-                        "truth": truth})  # fmt: skip
+        samples.append(
+            {"id": e.record_id, "task": e.task, "answer": a["answer"], "pred": pred, "truth": truth}
+        )
     metrics = {}
     for task, rows in by_task.items():
         preds, exs = [r[0] for r in rows], [r[1] for r in rows]
@@ -283,20 +205,30 @@ def score(examples: list[Example], answers: list[dict], stats: dict) -> dict:
         }
         for metric, value in model_m.items():
             bases = {name: m[metric] for name, m in base_m.items()}
-            metrics[metric] = {"model": value, "baselines": bases,
-                               "baseline": strongest(metric, bases.values()), "n": len(rows),
-                               "unreadable": sum(p is None for p in preds)}  # fmt: skip
+            metrics[metric] = {
+                "model": value,
+                "baselines": bases,
+                "baseline": strongest(metric, bases.values()),
+                "n": len(rows),
+                "unreadable": sum(p is None for p in preds),
+            }
     metrics = {m: metrics[m] for m in METRICS if m in metrics}
-    return {"metrics": metrics, "baselines": stats, "beats_baseline": beats_baselines(metrics),
-            "samples": samples}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "baselines": stats,
+        "beats_baseline": beats_baselines(metrics),
+        "samples": samples,
+    }
 
 
 def format_table(metrics: dict) -> str:
     """A plain-text table: each metric beside each of its baselines, and whether the model
     beats all of them."""
     beats = beats_baselines(metrics)
-    lines = [f"{'task':<10} {'metric':<23} {'n':>4} {'model':>7}  {'baseline':<20} {'value':>7}"
-             "  beats all"]  # fmt: skip
+    lines = [
+        f"{'task':<10} {'metric':<23} {'n':>4} {'model':>7}  {'baseline':<20} {'value':>7}"
+        "  beats all"
+    ]
     for name, (task, _, desc) in METRICS.items():
         if name not in metrics:
             continue
@@ -319,8 +251,9 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
     number of images drawn."""
     from PIL import Image, ImageDraw
 
-    rows = [(e, s) for e, s in zip(examples, result["samples"], strict=True)
-            if e.task == "grounding"][:max_images]  # fmt: skip
+    rows = [
+        (e, s) for e, s in zip(examples, result["samples"], strict=True) if e.task == "grounding"
+    ][:max_images]
     if not rows:
         return 0
     cols = min(3, len(rows))
@@ -338,7 +271,7 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
         if s["pred"] is not None:
             draw.rectangle(outside(s["pred"]), outline=PRED_COLOUR, width=3)
             caption = f"IoU {box_iou(s['pred'], s['truth']):.2f}"
-        label = _text(e.prompt[-1]).removeprefix("Where is the ").split("?")[0][:24]
+        label = message_text(e.prompt[-1]).removeprefix("Where is the ").split("?")[0][:24]
         x, y = (k % cols) * (side + 8) + 4, (k // cols) * (side + 28) + 4
         canvas.paste(img, (x, y))
         ImageDraw.Draw(canvas).text((x, y + side + 4), f"{label}: {caption}", fill="black")
@@ -349,28 +282,51 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
 
 
 # ---- command line -----------------------------------------------------------------------------
-def evaluate(model, tokenizer, data: str, options: RecordOptions, *, train_data=None,
-             max_samples=None, batch_size=16, max_new_tokens=64, output=None, draw=None,
-             log=print) -> dict:  # fmt: skip
+def evaluate(
+    model,
+    tokenizer,
+    data: str,
+    options: RecordOptions,
+    *,
+    train_data=None,
+    max_samples=None,
+    batch_size=16,
+    max_new_tokens=64,
+    output=None,
+    draw=None,
+    log=print,
+) -> dict:
     """Loads the questions of `data`, generates, scores against the baselines fitted on
     `train_data` (default: `data`); writes the JSON report / the PNG of boxes when asked."""
     factor = model.cfg.vision.patch_size * model.cfg.vision.spatial_merge_size
     skipped: list[RecordError] = []
     examples = load_examples(data, options, max_samples, factor=factor, skipped=skipped)
-    fitted = (load_examples(train_data, options, factor=factor, skipped=[]) if train_data
-              else examples)  # fmt: skip
+    fitted = (
+        load_examples(train_data, options, factor=factor, skipped=[]) if train_data else examples
+    )
     if skipped:
         reasons = collections.Counter(e.reason for e in skipped)
-        log(f"[eval] skipped {len(skipped)} records of {data} ({dict(reasons)}); the first: "
-            f"{skipped[0]}")  # fmt: skip
+        log(
+            f"[eval] skipped {len(skipped)} records of {data} ({dict(reasons)}); the first: "
+            f"{skipped[0]}"
+        )
     if not examples:
         raise InputError(f"{data}: no question to evaluate ({len(skipped)} records skipped)")
-    answers = generate_answers(model, tokenizer, examples, options, batch_size=batch_size,
-                               max_new_tokens=max_new_tokens, log=log)  # fmt: skip
-    result = {"data": data, "baselines_from": train_data or data,
-              "skipped": [{"id": e.record_id, "reason": e.reason, "detail": e.detail}
-                          for e in skipped],
-              **score(examples, answers, baseline_stats(fitted))}  # fmt: skip
+    answers = generate_answers(
+        model,
+        tokenizer,
+        examples,
+        options,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        log=log,
+    )
+    result = {
+        "data": data,
+        "baselines_from": train_data or data,
+        "skipped": [{"id": e.record_id, "reason": e.reason, "detail": e.detail} for e in skipped],
+        **score(examples, answers, baseline_stats(fitted)),
+    }
     if output:  # written whole or not at all
         from pathlib import Path
 
@@ -391,16 +347,22 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "checkpoint / step directory or trainer workdir")
     flags.DEFINE_string("data", None, "JSONL of grounding / counting / timing records")
     flags.DEFINE_string("media_root", None, "media root (default: the JSONL's directory)")
-    flags.DEFINE_string("tokenizer_dir", None, "tokenizer.json directory (default: "
-                        "<checkpoint>/hf_assets, as converted checkpoints hold it)")  # fmt: skip
+    flags.DEFINE_string(
+        "tokenizer_dir",
+        None,
+        "tokenizer.json directory (default: "
+        "<checkpoint>/hf_assets, as converted checkpoints hold it)",
+    )
     flags.DEFINE_string("train_data", None, "JSONL the baselines are fitted on (default: data)")
     flags.DEFINE_integer("max_samples", None, "evaluate the first N questions only")
     flags.DEFINE_integer("batch_size", 16, "questions per generation batch")
     flags.DEFINE_integer("max_new_tokens", 64, "answer tokens at most")
     config_flags.DEFINE_config_file(
-        "config", None, "the training config: media are decoded as its `data` section says "
-        "(pixel budgets, fps, ground_coords, default_system); default: the library's defaults"
-    )  # fmt: skip
+        "config",
+        None,
+        "the training config: media are decoded as its `data` section says "
+        "(pixel budgets, fps, ground_coords, default_system); default: the library's defaults",
+    )
     flags.DEFINE_string("output", None, "write the report (metrics, answers) as JSON here")
     flags.DEFINE_string("draw", None, "draw true and predicted boxes into this PNG")
     define_precision_flag("highest")
@@ -431,9 +393,18 @@ def main(argv):
     options = base.record_options(f.config.data) if f.config else RecordOptions()
     media_root = f.media_root or os.path.dirname(os.path.abspath(f.data))
     options = dataclasses.replace(options, media_root=media_root)
-    result = evaluate(model, tokenizer, f.data, options, train_data=f.train_data,
-                      max_samples=f.max_samples, batch_size=f.batch_size,
-                      max_new_tokens=f.max_new_tokens, output=f.output, draw=f.draw)  # fmt: skip
+    result = evaluate(
+        model,
+        tokenizer,
+        f.data,
+        options,
+        train_data=f.train_data,
+        max_samples=f.max_samples,
+        batch_size=f.batch_size,
+        max_new_tokens=f.max_new_tokens,
+        output=f.output,
+        draw=f.draw,
+    )
     print(f"checkpoint {ckpt}; baselines fitted on {result['baselines_from']}")
     print(format_table(result["metrics"]))
 

@@ -89,17 +89,28 @@ def build_chat_prompt(cfg, tokenizer):
         img = Image.open(path)
         img.load()
         with input_errors(ValueError, prefix=f"--image {path}: "):  # e.g. aspect ratio > 200
-            media.append(image_media(img, cfg.vision,
-                                     min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
-                                     max_pixels=FLAGS.max_pixels or data.MAX_PIXELS))  # fmt: skip
+            media.append(
+                image_media(
+                    img,
+                    cfg.vision,
+                    min_pixels=FLAGS.min_pixels or data.MIN_PIXELS,
+                    max_pixels=FLAGS.max_pixels or data.MAX_PIXELS,
+                )
+            )
         images.append((img, media[-1].resized_hw(cfg.vision.patch_size)))
         content.append({"type": "image"})
     if FLAGS.video:
         with input_errors(Exception, prefix=f"--video {FLAGS.video}: cannot decode the video: "):
             frames, fps = data.decode_video(FLAGS.video, fps=FLAGS.fps)
-        media.append(video_media(frames, fps, cfg.vision,
-                                 min_pixels=FLAGS.min_pixels or data.VIDEO_MIN_PIXELS,
-                                 max_pixels=FLAGS.max_pixels or data.VIDEO_MAX_PIXELS))  # fmt: skip
+        media.append(
+            video_media(
+                frames,
+                fps,
+                cfg.vision,
+                min_pixels=FLAGS.min_pixels or data.VIDEO_MIN_PIXELS,
+                max_pixels=FLAGS.max_pixels or data.VIDEO_MAX_PIXELS,
+            )
+        )
         content.append({"type": "video"})
     content.append({"type": "text", "text": FLAGS.prompt})
     messages = [{"role": "user", "content": content}]
@@ -204,19 +215,21 @@ def main(argv):
         model, cfg = load_model(**sources, dtype=dtype)
     gen = Generator(model, opts=RunOptions(dtype=dtype), cache_dtype=FLAGS.cache_dtype)
     gen_kw = dict(
-        max_new_tokens=FLAGS.max_new_tokens, key=jax.random.key(FLAGS.seed),
+        max_new_tokens=FLAGS.max_new_tokens,
+        key=jax.random.key(FLAGS.seed),
         sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
         cache_size=FLAGS.cache_size,
-    )  # fmt: skip
+    )
     if FLAGS.inputs:
         out = gen.generate(arrays, **gen_kw)
         write_npz(FLAGS.output, tokens=out.tokens.astype(np.int32))
         print(f"wrote tokens {out.tokens.shape} to {FLAGS.output}")
         return
     stop = tuple(
-        t for t in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
+        t
+        for t in (tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>"))
         if t is not None
-    ) or (cfg.eos_token_id, cfg.bos_token_id)  # fmt: skip
+    ) or (cfg.eos_token_id, cfg.bos_token_id)
     answer = stream_answer(gen, prompt, tokenizer, stop, gen_kw)
     report_grounding(answer, images)
 

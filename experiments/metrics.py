@@ -54,8 +54,9 @@ def parse_number(text: str) -> float | None:
 
 def grounding_metrics(pred_boxes, true_boxes) -> dict[str, float]:
     """pred_boxes: a box or None (unreadable) per sample -> mean IoU, acc@IoU>=0.5."""
-    ious = np.asarray([0.0 if p is None else box_iou(p, t)
-                       for p, t in zip(pred_boxes, true_boxes, strict=True)])  # fmt: skip
+    ious = np.asarray(
+        [0.0 if p is None else box_iou(p, t) for p, t in zip(pred_boxes, true_boxes, strict=True)]
+    )
     return {"mean_iou": float(ious.mean()), "acc_iou50": float((ious >= 0.5).mean())}
 
 
@@ -67,8 +68,10 @@ def counting_metrics(pred_counts, true_counts) -> dict[str, float]:
 
 def timing_metrics(pred_times, true_times, durations) -> dict[str, float]:
     """Mean absolute error in seconds; None (unreadable) costs max(t, duration - t)."""
-    err = [max(t, d - t) if p is None else abs(p - t)
-           for p, t, d in zip(pred_times, true_times, durations, strict=True)]  # fmt: skip
+    err = [
+        max(t, d - t) if p is None else abs(p - t)
+        for p, t, d in zip(pred_times, true_times, durations, strict=True)
+    ]
     return {"time_mae": float(np.mean(err))}
 
 
@@ -113,6 +116,8 @@ def beats_baselines(metrics: dict) -> dict[str, bool]:
     """Per metric: is the model strictly better than *every* one of its baselines? False for a
     metric without any baseline (nothing was shown). `metrics`: {name: {"model": v,
     "baselines": {baseline name: v}}} as `experiments.eval.score` reports them."""
-    return {m: bool(v["baselines"]) and all(is_better(m, v["model"], b)
-                                            for b in v["baselines"].values())
-            for m, v in metrics.items()}  # fmt: skip
+    return {
+        m: bool(v["baselines"])
+        and all(is_better(m, v["model"], b) for b in v["baselines"].values())
+        for m, v in metrics.items()
+    }

@@ -77,8 +77,13 @@ def place_squares(rng: np.random.Generator, w: int, h: int, n: int, frac: tuple[
                 x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
                 cand = (x, y, x + side, y + side)
                 gap = 3  # keep shapes apart so each is its own object
-                if all(cand[0] >= b[2] + gap or b[0] >= cand[2] + gap or cand[1] >= b[3] + gap
-                       or b[1] >= cand[3] + gap for b in boxes):  # fmt: skip
+                if all(
+                    cand[0] >= b[2] + gap
+                    or b[0] >= cand[2] + gap
+                    or cand[1] >= b[3] + gap
+                    or b[1] >= cand[3] + gap
+                    for b in boxes
+                ):
                     boxes.append(cand)
                     break
             else:
@@ -127,8 +132,13 @@ def grounding_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
     label = f"{colour} {kind}"
     path = f"images/{rid}.png"
     img.save(os.path.join(out_dir, path))
-    return _record(rid, "grounding", [(GROUND_Q.format(label=label), box_answer(boxes[0], label))],
-                   "images", path)  # fmt: skip
+    return _record(
+        rid,
+        "grounding",
+        [(GROUND_Q.format(label=label), box_answer(boxes[0], label))],
+        "images",
+        path,
+    )
 
 
 def counting_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
@@ -139,15 +149,17 @@ def counting_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
     img, _ = _shape_image(rng, shapes, COUNT_SIDE)
     path = f"images/{rid}.png"
     img.save(os.path.join(out_dir, path))
-    return _record(rid, "counting", [(COUNT_Q.format(plural=PLURAL[kind]), str(n))], "images",
-                   path)  # fmt: skip
+    return _record(rid, "counting", [(COUNT_Q.format(plural=PLURAL[kind]), str(n))], "images", path)
 
 
 def change_seconds(fps: int, frames: int) -> list[int]:
     """Whole seconds at which a change starts a temporal patch (an even frame index) and leaves
     at least one temporal patch before and after it."""
-    return [s for s in range(1, min(math.ceil(frames / fps), MAX_CHANGE_SECOND + 1))
-            if (s * fps) % 2 == 0 and 2 <= s * fps <= frames - 2]  # fmt: skip
+    return [
+        s
+        for s in range(1, min(math.ceil(frames / fps), MAX_CHANGE_SECOND + 1))
+        if (s * fps) % 2 == 0 and 2 <= s * fps <= frames - 2
+    ]
 
 
 def timing_frames(rng: np.random.Generator, fps: int, frames: int, second: int) -> np.ndarray:
@@ -179,8 +191,12 @@ def timing_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
             break
     second = seconds[int(rng.integers(len(seconds)))]
     path = f"videos/{rid}.mp4"
-    write_video(os.path.join(out_dir, path), timing_frames(rng, fps, frames, second), fps,
-                options={"crf": "8"})  # fmt: skip
+    write_video(
+        os.path.join(out_dir, path),
+        timing_frames(rng, fps, frames, second),
+        fps,
+        options={"crf": "8"},
+    )
     return _record(rid, "timing", [(TIME_Q, str(second))], "videos", {"path": path, "fps": fps})
 
 
@@ -202,8 +218,9 @@ def records(n: int, seed: int, out_dir: str, prefix: str, mix=MIX) -> Iterator[d
         yield MAKERS[task](rng, f"{prefix}{task[0]}{i:05d}", out_dir)
 
 
-def generate(out_dir: str, num_train: int, num_eval: int, *, seed: int = 0,
-             mix=MIX) -> dict[str, str]:  # fmt: skip
+def generate(
+    out_dir: str, num_train: int, num_eval: int, *, seed: int = 0, mix=MIX
+) -> dict[str, str]:
     """Writes train.jsonl and eval.jsonl (one question per record, the same distribution),
     from disjoint seeds, with media under out_dir.
     Returns {"train": path, "eval": path, "media_root": out_dir}."""

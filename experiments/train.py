@@ -95,14 +95,18 @@ def check_data_config(c) -> None:
     checkpoint loads. The global batch must split over the processes (every source); records
     need `data.paths` matching files; random tokens must be asked for."""
     if c.train.batch_size % jax.process_count():
-        raise InputError(f"--config.train.batch_size={c.train.batch_size} is not divisible by "
-                         f"the {jax.process_count()} processes")  # fmt: skip
+        raise InputError(
+            f"--config.train.batch_size={c.train.batch_size} is not divisible by "
+            f"the {jax.process_count()} processes"
+        )
     if c.data.source not in ("records", "synthetic"):
         raise InputError(f"--config.data.source={c.data.source!r}: expected records or synthetic")
     if c.data.source == "records" and not c.data.paths:
-        raise InputError("--config.data.paths is empty: give JSONL / ArrayRecord files (globs, "
-                         "comma separated), or --config.data.source=synthetic to train on random "
-                         "tokens")  # fmt: skip
+        raise InputError(
+            "--config.data.paths is empty: give JSONL / ArrayRecord files (globs, "
+            "comma separated), or --config.data.source=synthetic to train on random "
+            "tokens"
+        )
     if c.data.source == "records":
         from qwen25vl_jax.data.record_sources import record_files
 
@@ -117,10 +121,14 @@ def make_data(c, model_cfg: ModelConfig):
     bucket = Bucket(c.data.seq_len, c.data.num_slots)
     if c.data.source == "synthetic":
         return SyntheticBatches(
-            model_cfg, bucket, batch_size=c.train.batch_size, seed=c.train.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
+            model_cfg,
+            bucket,
+            batch_size=c.train.batch_size,
+            seed=c.train.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
             repeat=c.data.synthetic_repeat,
-        )  # fmt: skip
+        )
     from qwen25vl_jax.data.pipeline import (
         PipelineConfig,
         check_vocabulary,
@@ -132,12 +140,20 @@ def make_data(c, model_cfg: ModelConfig):
     records = base.record_options(d)
     # pad with <|endoftext|> (the config's bos id): in range for any vocabulary
     pipe = PipelineConfig(
-        paths=tuple(p for p in d.paths.split(",") if p), media_root=d.media_root,
-        buckets=(bucket,), batch_size=c.train.batch_size // jax.process_count(),
-        seed=c.train.seed, num_epochs=None, num_workers=d.workers, oversize=d.oversize,
-        on_bad_record=d.bad_records, pad_id=model_cfg.bos_token_id, records=records,
-        tokenizer_path=d.tokenizer_dir or None, max_consecutive_bad=d.max_consecutive_bad,
-    )  # fmt: skip
+        paths=tuple(p for p in d.paths.split(",") if p),
+        media_root=d.media_root,
+        buckets=(bucket,),
+        batch_size=c.train.batch_size // jax.process_count(),
+        seed=c.train.seed,
+        num_epochs=None,
+        num_workers=d.workers,
+        oversize=d.oversize,
+        on_bad_record=d.bad_records,
+        pad_id=model_cfg.bos_token_id,
+        records=records,
+        tokenizer_path=d.tokenizer_dir or None,
+        max_consecutive_bad=d.max_consecutive_bad,
+    )
     with input_errors(OSError, ValueError, prefix="--config.data.tokenizer_dir: "):
         tokenizer = pipeline_tokenizer(pipe)
     check_vocabulary(tokenizer, model_cfg, d.tokenizer_dir or "Qwen2.5 (offline)")
@@ -199,8 +215,10 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         state = trainer.init_state(params, seed=c.train.seed, init_seed=c.model.init_seed)
     del params
     writer = MetricWriter(workdir)
-    meter = Throughput(jax.device_count(), peak_flops(jax.devices()[0],
-                       FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None))  # fmt: skip
+    meter = Throughput(
+        jax.device_count(),
+        peak_flops(jax.devices()[0], FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None),
+    )
     losses, flops, real, padded, since = [], 0.0, 0.0, 0.0, 0
     step = int(state.step)
     warned = False

@@ -25,8 +25,13 @@ from collections.abc import Callable, Iterator
 
 EXIT_INPUT_ERROR = 2
 # Errors that are about the user's files whatever raised them (their message names the path).
-FILE_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError)  # fmt: skip
+FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
 
 
 class InputError(ValueError):

@@ -26,7 +26,9 @@ def define_precision_flag(default: str) -> None:
     from absl import flags
 
     flags.DEFINE_enum(
-        "matmul_precision", default, list(PRECISIONS),
+        "matmul_precision",
+        default,
+        list(PRECISIONS),
         "float32 matmul precision on GPU/TPU (CPUs always compute float32 exactly): 'highest' "
         "= full float32, 'high' = 3-pass bfloat16 / TF32x3, 'default' = the platform's fastest",
-    )  # fmt: skip
+    )

@@ -95,9 +95,12 @@ class SafetensorsFile:
         if int(np.prod(shape, dtype=np.int64)) == 0:
             return np.zeros(shape, DTYPES[e["dtype"]])
         return np.memmap(
-            self.path, dtype=DTYPES[e["dtype"]], mode="r",
-            offset=self._start + e["data_offsets"][0], shape=shape,
-        )  # fmt: skip
+            self.path,
+            dtype=DTYPES[e["dtype"]],
+            mode="r",
+            offset=self._start + e["data_offsets"][0],
+            shape=shape,
+        )
 
     def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows [start, stop) of the tensor read into memory with file reads (several times
@@ -206,8 +209,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata=None) 
         if dt not in CODES:
             raise SafetensorsError(f"{path}: tensor {name!r}: unsupported dtype {dt}")
         nbytes = a.size * dt.itemsize
-        header[name] = {"dtype": CODES[dt], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + nbytes]}  # fmt: skip
+        header[name] = {
+            "dtype": CODES[dt],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}

@@ -42,8 +42,10 @@ def test_demo_end_to_end(tmp_path):
     # the curves: every saved checkpoint evaluated (the earlier on a subset), drawn beside boxes
     steps = [p["step"] for p in report["curve"]]
     assert steps == sorted(steps) and steps[-2:] == [2, 3]  # (Orbax also keeps step 1)
-    assert report["curve"][-1]["metrics"]["mean_iou"]["model"] == report["metrics"]["mean_iou"][
-        "model"]
+    assert (
+        report["curve"][-1]["metrics"]["mean_iou"]["model"]
+        == report["metrics"]["mean_iou"]["model"]
+    )
     assert report["curve"][0]["metrics"]["mean_iou"]["n"] <= demo.CURVE_RECORDS
     with open(report["files"]["curves_png"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -230,11 +230,17 @@ def encode_chat(
                 " use {'type': 'image'} / {'type': 'video'} items instead"
             )
     counts = {
-        "image": iter(_check_counts("image_token_counts", image_token_counts,
-                                    sum(s.kind == "image" for s in spans))),
-        "video": iter(_check_counts("video_token_counts", video_token_counts,
-                                    sum(s.kind == "video" for s in spans))),
-    }  # fmt: skip
+        "image": iter(
+            _check_counts(
+                "image_token_counts", image_token_counts, sum(s.kind == "image" for s in spans)
+            )
+        ),
+        "video": iter(
+            _check_counts(
+                "video_token_counts", video_token_counts, sum(s.kind == "video" for s in spans)
+            )
+        ),
+    }
 
     special_ids = {}
     for text in {s.text for s in spans if s.kind != "text"}:

@@ -23,8 +23,10 @@ from qwen25vl_jax.data.media import Media
 from qwen25vl_jax.data.sample import Sample, make_sample
 from qwen25vl_jax.model.inputs import Batch, ModelInputs
 
-_KINDS = {1: ("image", "pixel_values", "image_grid_thw"),
-          2: ("video", "pixel_values_videos", "video_grid_thw")}  # fmt: skip
+_KINDS = {
+    1: ("image", "pixel_values", "image_grid_thw"),
+    2: ("video", "pixel_values_videos", "video_grid_thw"),
+}
 
 
 def _ids_and_mask(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -38,8 +40,13 @@ def _ids_and_mask(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 def _row_media(cfg: ModelConfig, rows: Sequence[np.ndarray], arrays: Mapping[str, np.ndarray]):
     """Per row, its media as (kind, grid, second_per_grid_t, index within its kind) in order of
     appearance: each run of pad tokens takes the next grids of its kind until filled."""
-    grids = {code: [tuple(int(v) for v in g) for g in np.asarray(arrays.get(key, np.zeros((0, 3))))
-                    .reshape(-1, 3)] for code, (_, _, key) in _KINDS.items()}  # fmt: skip
+    grids = {
+        code: [
+            tuple(int(v) for v in g)
+            for g in np.asarray(arrays.get(key, np.zeros((0, 3)))).reshape(-1, 3)
+        ]
+        for code, (_, _, key) in _KINDS.items()
+    }
     spg = arrays.get("second_per_grid_ts")
     spg = None if spg is None else [float(v) for v in np.asarray(spg).reshape(-1)]
     if spg is not None and len(spg) != len(grids[2]):
@@ -103,8 +110,10 @@ def padding_side(attention_mask: np.ndarray) -> Literal["left", "right"]:
         return "left"
     if (mask == (col < n)).all():
         return "right"
-    raise ValueError("attention_mask: every row's real tokens must be contiguous, all at the "
-                     "left end or all at the right end")  # fmt: skip
+    raise ValueError(
+        "attention_mask: every row's real tokens must be contiguous, all at the "
+        "left end or all at the right end"
+    )
 
 
 def _assemble_hf(cfg: ModelConfig, arrays: Mapping[str, np.ndarray], supervised, num_patches):
@@ -117,8 +126,13 @@ def _assemble_hf(cfg: ModelConfig, arrays: Mapping[str, np.ndarray], supervised,
                 f"media need {slots} ViT slots per row, over num_patches={num_patches}"
             )
         slots = num_patches
-    batch = assemble([[s] for s in samples], cfg, seq_len=ids.shape[1], num_slots=slots,
-                     padding=padding_side(mask))  # fmt: skip
+    batch = assemble(
+        [[s] for s in samples],
+        cfg,
+        seq_len=ids.shape[1],
+        num_slots=slots,
+        padding=padding_side(mask),
+    )
     return batch, samples
 
 
@@ -155,9 +169,13 @@ def rope_index(
     """Port of `get_rope_index`: positions int64[3, B, L] (pads 0) and rope_deltas int64[B, 1]
     (largest position + 1 - real tokens). Media are consumed in order across rows; only the
     grids are needed. attention_mask: int[B, L], any padding."""
-    arrays = {"input_ids": input_ids, "attention_mask": attention_mask,
-              "image_grid_thw": image_grid_thw, "video_grid_thw": video_grid_thw,
-              "second_per_grid_ts": second_per_grid_ts}  # fmt: skip
+    arrays = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "image_grid_thw": image_grid_thw,
+        "video_grid_thw": video_grid_thw,
+        "second_per_grid_ts": second_per_grid_ts,
+    }
     ids, mask = _ids_and_mask({k: v for k, v in arrays.items() if v is not None})
     keep = mask.astype(bool)
     rows = [ids[r][keep[r]] for r in range(len(ids))]
@@ -167,10 +185,12 @@ def rope_index(
     for r, media in enumerate(media_rows):
         videos = [m for m in media if m[0] == "video"]
         pos = sample_rope_positions(
-            token_modalities(rows[r], cfg), [m[1] for m in media if m[0] == "image"],
-            [m[1] for m in videos], [m[2] for m in videos] if second_per_grid_ts is not None
-            else None, cfg,
-        )  # fmt: skip
+            token_modalities(rows[r], cfg),
+            [m[1] for m in media if m[0] == "image"],
+            [m[1] for m in videos],
+            [m[2] for m in videos] if second_per_grid_ts is not None else None,
+            cfg,
+        )
         positions[:, r, keep[r]] = pos
         deltas[r, 0] = (pos.max() + 1 if pos.size else 0) - len(rows[r])
     return positions, deltas

@@ -64,24 +64,40 @@ class Media:
 
 
 def _geometry(vision: VisionConfig) -> dict[str, int]:
-    return dict(patch_size=vision.patch_size, temporal_patch_size=vision.temporal_patch_size,
-                merge_size=vision.spatial_merge_size)  # fmt: skip
+    return dict(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+    )
 
 
 def image_media(image, vision: VisionConfig, *, min_pixels: int, max_pixels: int) -> Media:
     """A PIL image / uint8[H, W, 3] array -> `Media` (smart-resized into the pixel budget).
     ValueError for sizes `smart_resize` rejects (e.g. aspect ratio over 200)."""
-    patches, grid = preprocess_image(image, min_pixels=min_pixels, max_pixels=max_pixels,
-                                     **_geometry(vision))  # fmt: skip
+    patches, grid = preprocess_image(
+        image, min_pixels=min_pixels, max_pixels=max_pixels, **_geometry(vision)
+    )
     hw = (image.height, image.width) if hasattr(image, "height") else np.shape(image)[:2]
     return Media("image", patches, grid, None, tuple(int(v) for v in hw))
 
 
-def video_media(frames: np.ndarray, fps: float, vision: VisionConfig, *, min_pixels: int,
-                max_pixels: int, total_pixels: int | None = None) -> Media:  # fmt: skip
+def video_media(
+    frames: np.ndarray,
+    fps: float,
+    vision: VisionConfig,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    total_pixels: int | None = None,
+) -> Media:
     """Sampled frames uint8[T, H, W, 3] at `fps` -> `Media` (second_per_grid_t from the
     sampled fps, as the reference)."""
-    patches, grid, spg = preprocess_video(frames, fps=fps, min_pixels=min_pixels,
-                                          max_pixels=max_pixels, total_pixels=total_pixels,
-                                          **_geometry(vision))  # fmt: skip
+    patches, grid, spg = preprocess_video(
+        frames,
+        fps=fps,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        total_pixels=total_pixels,
+        **_geometry(vision),
+    )
     return Media("video", patches, grid, spg, tuple(int(v) for v in np.shape(frames)[1:3]))

@@ -92,10 +92,14 @@ class PackIterator(grain.DatasetIterator):
             new += 1
         ages = [age for _, age in self._carry] + [0] * new
         batches, carry = plan_window(
-            [(s.num_tokens, s.num_slots(d.cfg)) for s in samples], d.buckets, d.batch_size,
-            min_fill=d.min_fill, max_carry=d.max_carry, final=final,
+            [(s.num_tokens, s.num_slots(d.cfg)) for s in samples],
+            d.buckets,
+            d.batch_size,
+            min_fill=d.min_fill,
+            max_carry=d.max_carry,
+            final=final,
             forced=[k for k, a in enumerate(ages) if a >= d.max_age],
-        )  # fmt: skip
+        )
         carry_out = [[indices[k], ages[k] + 1] for k in carry]
         self._carried = {indices[k]: samples[k] for k in carry}
         window = _Window(start, self._carry, counts, samples, indices, batches, carry_out)
@@ -129,18 +133,26 @@ class PackIterator(grain.DatasetIterator):
         self._count_batch(h, bins)
         bucket, samples = d.buckets_sorted[h], self._window.samples
         rows = [[samples[i] for i in b] for b in bins] + [[]] * (d.batch_size - len(bins))
-        return assemble(rows, d.cfg, seq_len=bucket.seq_len, num_slots=bucket.num_slots,
-                        pad_id=d.pad_id)  # fmt: skip
+        return assemble(
+            rows, d.cfg, seq_len=bucket.seq_len, num_slots=bucket.num_slots, pad_id=d.pad_id
+        )
 
     def get_state(self) -> dict[str, Any]:
         w = self._window
         if w is not None and self._emitted < len(w.batches):
-            return {"parent": w.start, "carry": copy.deepcopy(w.carry_in),
-                    "emitted": self._emitted, "counts": copy.deepcopy(w.counts)}  # fmt: skip
+            return {
+                "parent": w.start,
+                "carry": copy.deepcopy(w.carry_in),
+                "emitted": self._emitted,
+                "counts": copy.deepcopy(w.counts),
+            }
         # between windows (or restored and not yet re-read: _emitted batches still to skip)
-        return {"parent": self._parent.get_state(), "carry": copy.deepcopy(self._carry),
-                "emitted": self._emitted if w is None else 0,
-                "counts": copy.deepcopy(self._counts)}  # fmt: skip
+        return {
+            "parent": self._parent.get_state(),
+            "carry": copy.deepcopy(self._carry),
+            "emitted": self._emitted if w is None else 0,
+            "counts": copy.deepcopy(self._counts),
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._parent.set_state(state["parent"])
@@ -159,10 +171,21 @@ class PackIterDataset(grain.IterDataset):
     with index i): a restored iterator recomputes its carried samples from it.
     """
 
-    def __init__(self, parent: grain.IterDataset, lookup: grain.MapDataset, *, cfg: ModelConfig,
-                 buckets: Sequence[Bucket], batch_size: int, lookahead: int,
-                 min_fill: float = 0.97, max_carry: int | None = None, max_age: int = 4,
-                 pad_id: int | None = None, max_consecutive_bad: int = 1000):  # fmt: skip
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        lookup: grain.MapDataset,
+        *,
+        cfg: ModelConfig,
+        buckets: Sequence[Bucket],
+        batch_size: int,
+        lookahead: int,
+        min_fill: float = 0.97,
+        max_carry: int | None = None,
+        max_age: int = 4,
+        pad_id: int | None = None,
+        max_consecutive_bad: int = 1000,
+    ):
         super().__init__(parent)
         self.lookup, self.cfg, self.buckets = lookup, cfg, tuple(buckets)
         self.pad_id = cfg.bos_token_id if pad_id is None else pad_id  # the model's <|endoftext|>

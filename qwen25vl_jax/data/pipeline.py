@@ -160,11 +160,19 @@ def build_dataset(
         buffer = config.worker_buffer_size or max(2, -(-config.lookahead // config.num_workers))
         opts = grain.MultiprocessingOptions(config.num_workers, buffer)
         it = it.mp_prefetch(opts)
-    return PackIterDataset(it, ds, cfg=cfg, buckets=config.buckets, batch_size=config.batch_size,
-                           lookahead=config.lookahead, min_fill=config.min_fill,
-                           max_carry=config.max_carry, max_age=config.max_age,
-                           pad_id=config.pad_id,
-                           max_consecutive_bad=config.max_consecutive_bad)  # fmt: skip
+    return PackIterDataset(
+        it,
+        ds,
+        cfg=cfg,
+        buckets=config.buckets,
+        batch_size=config.batch_size,
+        lookahead=config.lookahead,
+        min_fill=config.min_fill,
+        max_carry=config.max_carry,
+        max_age=config.max_age,
+        pad_id=config.pad_id,
+        max_consecutive_bad=config.max_consecutive_bad,
+    )
 
 
 def pipeline_tokenizer(config: PipelineConfig) -> Any:
@@ -180,8 +188,9 @@ def check_vocabulary(tokenizer: Any, cfg: ModelConfig, name: str) -> None:
     would train silently on clamped rows)."""
     n = tokenizer.get_vocab_size(with_added_tokens=True)
     if n > cfg.text.vocab_size:
-        raise InputError(f"tokenizer {name}: {n} tokens, over the model's vocabulary of "
-                         f"{cfg.text.vocab_size}")  # fmt: skip
+        raise InputError(
+            f"tokenizer {name}: {n} tokens, over the model's vocabulary of {cfg.text.vocab_size}"
+        )
 
 
 def make_train_iterator(
@@ -198,6 +207,7 @@ def make_train_iterator(
     or ``.close()`` where available) to stop worker processes. The tokenizer defaults to
     ``config.tokenizer_path``, else the offline Qwen2.5 tokenizer."""
     tokenizer = pipeline_tokenizer(config) if tokenizer is None else tokenizer
-    ds = build_dataset(config, cfg, tokenizer, process_index=process_index,
-                       process_count=process_count)  # fmt: skip
+    ds = build_dataset(
+        config, cfg, tokenizer, process_index=process_index, process_count=process_count
+    )
     return iter(ds)

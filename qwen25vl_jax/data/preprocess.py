@@ -47,8 +47,9 @@ class Preprocess:
         record_id, payload = raw
         c = self.config
         try:
-            sample = record_to_sample(payload, record_id, cfg=self.cfg, tokenizer=self.tokenizer,
-                                      options=c.records)  # fmt: skip
+            sample = record_to_sample(
+                payload, record_id, cfg=self.cfg, tokenizer=self.tokenizer, options=c.records
+            )
             sample, cut = fit_sample(sample, c.buckets, self.cfg, c.oversize, record_id)
         except RecordError as err:
             if c.on_bad_record == "raise":

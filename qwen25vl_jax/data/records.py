@@ -59,8 +59,13 @@ REASONS = (
     "corrupt_media",  # undecodable file, or a size smart_resize rejects
     "too_long",  # no bucket holds it (and truncation is off or impossible); see pipeline.py
 )
-_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant",
-          "gpt": "assistant"}  # fmt: skip
+_ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+}
 _PLACEHOLDER = re.compile(r"(<image>|<video>)")
 _COORDS = re.compile(r'("(bbox_2d|point_2d)"\s*:\s*)\[([^\[\]]*)\]')
 
@@ -139,8 +144,10 @@ def parse_record(record: Any, record_id: str) -> Conversation:
     turns = record.get("messages", record.get("conversations"))
     if not isinstance(turns, list) or not turns:
         raise RecordError(rid, "malformed", "no non-empty 'messages' or 'conversations' list")
-    listed = {k: [_media_ref(k, e, rid) for e in _as_list(record.get(f"{k}s", record.get(k)))]
-              for k in ("image", "video")}  # fmt: skip
+    listed = {
+        k: [_media_ref(k, e, rid) for e in _as_list(record.get(f"{k}s", record.get(k)))]
+        for k in ("image", "video")
+    }
     used = {"image": 0, "video": 0}
     messages: list[dict[str, Any]] = []
     media: list[MediaRef] = []
@@ -158,8 +165,10 @@ def parse_record(record: Any, record_id: str) -> Conversation:
         for item in raw_items:
             if isinstance(item, str):
                 parts = [p for p in _PLACEHOLDER.split(item) if p]
-                item_list = [{"type": p[1:-1]} if _PLACEHOLDER.fullmatch(p) else
-                             {"type": "text", "text": p} for p in parts]  # fmt: skip
+                item_list = [
+                    {"type": p[1:-1]} if _PLACEHOLDER.fullmatch(p) else {"type": "text", "text": p}
+                    for p in parts
+                ]
             elif isinstance(item, Mapping) and item.get("type") in ("text", "image", "video"):
                 item_list = [dict(item)]
             else:
@@ -185,9 +194,11 @@ def parse_record(record: Any, record_id: str) -> Conversation:
         messages.append({"role": role, "content": items})
     for kind in ("image", "video"):
         if used[kind] != len(listed[kind]):
-            raise RecordError(rid, "placeholder_mismatch",
-                              f"{used[kind]} <{kind}> placeholder(s) but {len(listed[kind])} "
-                              f"{kind}(s) listed")  # fmt: skip
+            raise RecordError(
+                rid,
+                "placeholder_mismatch",
+                f"{used[kind]} <{kind}> placeholder(s) but {len(listed[kind])} {kind}(s) listed",
+            )
     if not any(m["role"] == "assistant" for m in messages):
         raise RecordError(rid, "empty_reply", "no assistant reply")
     return Conversation(rid, messages, tuple(media))
@@ -236,8 +247,14 @@ def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> 
         if ref.kind == "image":
             image = load_image(path, conv.record_id)
             try:
-                out.append(image_media(image, cfg.vision, min_pixels=options.min_pixels,
-                                       max_pixels=options.max_pixels))  # fmt: skip
+                out.append(
+                    image_media(
+                        image,
+                        cfg.vision,
+                        min_pixels=options.min_pixels,
+                        max_pixels=options.max_pixels,
+                    )
+                )
             except ValueError as err:  # e.g. aspect ratio over 200
                 raise RecordError(conv.record_id, "corrupt_media", f"image {path}: {err}") from err
             continue
@@ -246,13 +263,23 @@ def load_media(conv: Conversation, cfg: ModelConfig, options: RecordOptions) -> 
             raise RecordError(conv.record_id, "missing_media", f"video file not found: {path}")
         try:
             frames, fps = decode_video(
-                path, fps=None if "nframes" in opts else opts.get("fps", options.video_fps),
-                nframes=opts.get("nframes"), start_s=opts.get("start"), end_s=opts.get("end"),
+                path,
+                fps=None if "nframes" in opts else opts.get("fps", options.video_fps),
+                nframes=opts.get("nframes"),
+                start_s=opts.get("start"),
+                end_s=opts.get("end"),
                 max_frames=options.video_max_frames,
-            )  # fmt: skip
-            out.append(video_media(frames, fps, cfg.vision, min_pixels=options.video_min_pixels,
-                                   max_pixels=options.video_max_pixels,
-                                   total_pixels=options.video_total_pixels))  # fmt: skip
+            )
+            out.append(
+                video_media(
+                    frames,
+                    fps,
+                    cfg.vision,
+                    min_pixels=options.video_min_pixels,
+                    max_pixels=options.video_max_pixels,
+                    total_pixels=options.video_total_pixels,
+                )
+            )
         except Exception as err:  # VideoDecodeError, FFmpeg errors, no valid frame count
             raise RecordError(conv.record_id, "corrupt_media", f"video {path}: {err}") from err
     return out
@@ -303,7 +330,6 @@ def record_to_sample(
     if options.ground_coords == "original":
         messages = ground_messages(conv, media, cfg.vision.patch_size)
     try:
-        return encode_sample(cfg, tokenizer, messages, media,
-                             default_system=options.default_system)  # fmt: skip
+        return encode_sample(cfg, tokenizer, messages, media, default_system=options.default_system)
     except ValueError as err:  # vision tokens written in the text, and the like
         raise RecordError(conv.record_id, "malformed", str(err)) from err

@@ -94,8 +94,10 @@ def _vocabulary_problem(ids: np.ndarray, cfg: ModelConfig, detail: str) -> str |
     outside = ids[(ids < 0) | (ids >= vocab)]
     if not len(outside):
         return None
-    return (f"'input_ids' holds token id {int(outside[0])}, outside the model's vocabulary "
-            f"[0, {vocab}): is the tokenizer the model's? ({detail})")  # fmt: skip
+    return (
+        f"'input_ids' holds token id {int(outside[0])}, outside the model's vocabulary "
+        f"[0, {vocab}): is the tokenizer the model's? ({detail})"
+    )
 
 
 def encode_sample(
@@ -111,10 +113,16 @@ def encode_sample(
     items) and their media in order -> `Sample`; the loss mask covers the assistant replies.
     add_generation_prompt: end with the assistant header (a generation prompt). ValueError for
     messages the template rejects or media that do not match the placeholders."""
-    counts = {k: [m.num_tokens(cfg.vision.merge_unit) for m in media if m.kind == k]
-              for k in ("image", "video")}  # fmt: skip
-    ids, mask = encode_chat(tokenizer, messages, image_token_counts=counts["image"],
-                            video_token_counts=counts["video"],
-                            add_generation_prompt=add_generation_prompt,
-                            default_system=default_system)  # fmt: skip
+    counts = {
+        k: [m.num_tokens(cfg.vision.merge_unit) for m in media if m.kind == k]
+        for k in ("image", "video")
+    }
+    ids, mask = encode_chat(
+        tokenizer,
+        messages,
+        image_token_counts=counts["image"],
+        video_token_counts=counts["video"],
+        add_generation_prompt=add_generation_prompt,
+        default_system=default_system,
+    )
     return make_sample(cfg, ids, mask, media)

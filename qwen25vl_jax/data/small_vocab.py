@@ -58,10 +58,12 @@ def build_small_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokeni
         raise ValueError(f"vocab_size {vocab_size} < {len(ADDED_TOKENS)} special + 256 bytes")
     tok = qwen2_tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, show_progress=False, min_frequency=2,
+        vocab_size=vocab_size,
+        show_progress=False,
+        min_frequency=2,
         special_tokens=[c for _, c, _ in ADDED_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )  # fmt: skip
+    )
     tok.train_from_iterator(text_pieces(texts), trainer=trainer)
     add_qwen_tokens(tok, SPECIAL_IDS)  # re-register with Qwen's flags, same ids
     return tok
@@ -98,16 +100,29 @@ def save_small_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
     config = {
-        "tokenizer_class": "Qwen2Tokenizer", "add_bos_token": False, "add_prefix_space": False,
-        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-        "unk_token": None, "clean_up_tokenization_spaces": False, "errors": "replace",
-        "model_max_length": 32768, "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "bos_token": None,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "errors": "replace",
+        "model_max_length": 32768,
+        "split_special_tokens": False,
         "added_tokens_decoder": {
-            str(tok.token_to_id(c)): {"content": c, "lstrip": False, "normalized": False,
-                                      "rstrip": False, "single_word": False, "special": s}
+            str(tok.token_to_id(c)): {
+                "content": c,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": s,
+            }
             for _, c, s in ADDED_TOKENS
         },
         "chat_template": QWEN25_VL_CHAT_TEMPLATE,
-    }  # fmt: skip
+    }
     atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out

@@ -227,8 +227,14 @@ def add_qwen_tokens(tok: Tokenizer, ids: dict[str, int]) -> None:
     """Registers the Qwen2.5-VL added tokens with Qwen's flags, in id order, one at a time,
     checking each gets `ids[content]` (a silent shift would corrupt every vision placeholder)."""
     for _, content, special in ADDED_TOKENS:
-        added = AddedToken(content, single_word=False, lstrip=False, rstrip=False,
-                           normalized=False, special=special)  # fmt: skip
+        added = AddedToken(
+            content,
+            single_word=False,
+            lstrip=False,
+            rstrip=False,
+            normalized=False,
+            special=special,
+        )
         if special:
             tok.add_special_tokens([added])
         else:
@@ -259,7 +265,7 @@ def tokenizer_config(chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE) -> dic
                 "rstrip": False,
                 "single_word": False,
                 "special": s,
-            }  # fmt: skip
+            }
             for i, c, s in ADDED_TOKENS
         },
     }

@@ -53,8 +53,9 @@ def plan_window(
             emit = full
         else:
             good = sum(must[k] or fill(bins[j]) >= min_fill for j, k in enumerate(order))
-            emit = max(good // batch_size * batch_size,
-                       math.ceil(sum(must) / batch_size) * batch_size)  # fmt: skip
+            emit = max(
+                good // batch_size * batch_size, math.ceil(sum(must) / batch_size) * batch_size
+            )
             while emit < full and sum(map(len, bins[emit:])) > max_carry - len(carry):
                 emit += batch_size
         out = sorted(bins[:emit], key=lambda b: b[0])

@@ -96,8 +96,14 @@ def prepare_batch(
         raise ValueError(f"patch_bucket {patch_bucket} is not a multiple of {wp} patches")
     elif slots:
         slots = round_up(slots, patch_bucket)
-    batch = assemble([[s] for s in prompts], cfg, seq_len=round_up(num_real.max(), length_bucket),
-                     num_slots=slots, padding="left", pad_id=pad_token)  # fmt: skip
+    batch = assemble(
+        [[s] for s in prompts],
+        cfg,
+        seq_len=round_up(num_real.max(), length_bucket),
+        num_slots=slots,
+        padding="left",
+        pad_id=pad_token,
+    )
     deltas = np.asarray([s.rope_delta for s in prompts], np.int32)
     return PreparedBatch(batch.inputs, deltas, num_real)
 
@@ -150,16 +156,31 @@ def _record(ds: DecodeState, logits: jax.Array, st: _Static) -> DecodeState:
     )
 
 
-def _prefill(graphdef, state, inputs, deltas, num_real, key, stop, pad, *, cache_size,
-             cache_dtype, out_len, return_logits, st: _Static) -> DecodeState:  # fmt: skip
+def _prefill(
+    graphdef,
+    state,
+    inputs,
+    deltas,
+    num_real,
+    key,
+    stop,
+    pad,
+    *,
+    cache_size,
+    cache_dtype,
+    out_len,
+    return_logits,
+    st: _Static,
+) -> DecodeState:
     """ViT + decoder over the bucketed prompt into a fresh cache of `cache_size` slots; chooses
     token 0. deltas, num_real: int32[B]; stop: int32[MAX_STOP_TOKENS]; pad: int32[]."""
     model: Qwen25VL = nnx.merge(graphdef, state)
     t, opts = model.cfg.text, st.opts
     b = inputs.tokens.shape[0]
     x = model.embed(inputs, opts)  # the vision tower runs here, once
-    cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
-                     sections=t.mrope_section)  # fmt: skip
+    cos, sin = mrope(
+        inputs.positions, head_dim=t.head_dim, theta=t.rope_theta, sections=t.mrope_section
+    )
     cache = init_cache(t, b, cache_size, cache_dtype)
     h, cache = model.decoder(x, cos, sin, inputs.segment_ids, opts, cache=cache)
     logits = model.decoder.logits(h[:, -1:])[:, 0]  # left padding: the last column is real
@@ -236,10 +257,16 @@ class Generator:
     """
 
     def __init__(
-        self, model: Qwen25VL, *, opts: RunOptions = RunOptions(), mesh: Mesh | None = None,
-        cache_dtype=None, length_bucket: int = 64, patch_bucket: int | None = None,
+        self,
+        model: Qwen25VL,
+        *,
+        opts: RunOptions = RunOptions(),
+        mesh: Mesh | None = None,
+        cache_dtype=None,
+        length_bucket: int = 64,
+        patch_bucket: int | None = None,
         cache_bucket: int = 128,
-    ):  # fmt: skip
+    ):
         self.cfg: ModelConfig = model.cfg
         self.opts, self.mesh = opts, mesh
         self.cache_dtype = jnp.dtype(cache_dtype or opts.dtype)
@@ -248,16 +275,18 @@ class Generator:
         self.graphdef, state = nnx.split(model)
         self.state = state if mesh is None else jax.device_put(state, state_shardings(state, mesh))
 
-    def prepare(self, prompts: Sequence[Sample] | Mapping[str, np.ndarray] | PreparedBatch
-                ) -> PreparedBatch:  # fmt: skip
+    def prepare(
+        self, prompts: Sequence[Sample] | Mapping[str, np.ndarray] | PreparedBatch
+    ) -> PreparedBatch:
         """Prompt samples, or processor-format arrays (any padding; converted at the edge by
         `hf_format.samples_from_hf`), -> a `PreparedBatch` in this generator's buckets."""
         if isinstance(prompts, PreparedBatch):
             return prompts
         if isinstance(prompts, Mapping):
             prompts = samples_from_hf(self.cfg, prompts)
-        return prepare_batch(self.cfg, prompts, length_bucket=self.length_bucket,
-                             patch_bucket=self.patch_bucket)  # fmt: skip
+        return prepare_batch(
+            self.cfg, prompts, length_bucket=self.length_bucket, patch_bucket=self.patch_bucket
+        )
 
     def _mesh_context(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
@@ -269,9 +298,18 @@ class Generator:
         spec = logical_to_spec(("batch",), np.shape(x), self.mesh)
         return jax.device_put(x, NamedSharding(self.mesh, spec))
 
-    def start(self, prompts, *, max_new_tokens: int, sampling: Sampling = Sampling(),
-              key: jax.Array | int = 0, stop_tokens=None, pad_token: int | None = None,
-              cache_size: int | None = None, return_logits: bool = False):  # fmt: skip
+    def start(
+        self,
+        prompts,
+        *,
+        max_new_tokens: int,
+        sampling: Sampling = Sampling(),
+        key: jax.Array | int = 0,
+        stop_tokens=None,
+        pad_token: int | None = None,
+        cache_size: int | None = None,
+        return_logits: bool = False,
+    ):
         """Runs the prefill; returns (DecodeState with the first token, static options, batch)."""
         batch = self.prepare(prompts)
         length = batch.prompt_len
@@ -295,12 +333,20 @@ class Generator:
         key = jax.random.key(key) if isinstance(key, int) else key
         with self._mesh_context():
             ds = prefill_fn(
-                self.graphdef, self.state, place(batch.inputs, self.mesh),
-                self._place_rows(batch.rope_deltas), self._place_rows(batch.num_real), key,
-                stop, pad,
-                cache_size=cache_size, cache_dtype=self.cache_dtype, out_len=out_len,
-                return_logits=return_logits, st=st,
-            )  # fmt: skip
+                self.graphdef,
+                self.state,
+                place(batch.inputs, self.mesh),
+                self._place_rows(batch.rope_deltas),
+                self._place_rows(batch.num_real),
+                key,
+                stop,
+                pad,
+                cache_size=cache_size,
+                cache_dtype=self.cache_dtype,
+                out_len=out_len,
+                return_logits=return_logits,
+                st=st,
+            )
         return ds, st, batch
 
     def step(self, ds: DecodeState, st: _Static) -> DecodeState:

@@ -106,8 +106,9 @@ def parse_grounding(text: str) -> Grounding:
         blob = _TRAILING_COMMA.sub(r"\1", blob)  # a common slip, harmless to repair
         found, spans = _scan(blob)
         objects += found
-        lost = [m.start() for m in _KEY.finditer(blob)
-                if not any(a <= m.start() < b for a, b in spans)]  # fmt: skip
+        lost = [
+            m.start() for m in _KEY.finditer(blob) if not any(a <= m.start() < b for a, b in spans)
+        ]
         if lost:
             tail = blob.rstrip()
             why = "malformed" if tail.endswith(("]", "}")) else "incomplete (truncated answer?)"
@@ -126,10 +127,11 @@ def map_to_original(
 ) -> list[Detection]:
     """From the resized image's pixels (what the model saw) to the original image's."""
     return [
-        dataclasses.replace(d, coords=tuple(scale_boxes(np.asarray(d.coords), resized_hw,
-                                                        original_hw).tolist()))
+        dataclasses.replace(
+            d, coords=tuple(scale_boxes(np.asarray(d.coords), resized_hw, original_hw).tolist())
+        )
         for d in detections
-    ]  # fmt: skip
+    ]
 
 
 def clip_to_image(
@@ -179,8 +181,9 @@ def draw_detections(image: Image.Image | np.ndarray, detections: Sequence[Detect
             anchor = (x1, y1)
         else:
             x, y = d.coords
-            draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=color,
-                         outline="white")  # fmt: skip
+            draw.ellipse(
+                [x - radius, y - radius, x + radius, y + radius], fill=color, outline="white"
+            )
             anchor = (x + radius, y - radius)
         if d.label:
             left, top, right, bottom = draw.textbbox(anchor, d.label, font=font)

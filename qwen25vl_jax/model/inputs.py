@@ -92,8 +92,9 @@ def field_shardings(x: type[T] | T, mesh: Mesh) -> T:
     """Each field's `NamedSharding` on `mesh`, from its logical axes. Given an instance, a mesh
     axis that does not divide a dimension is dropped for it (`logical_to_spec`)."""
     if isinstance(x, type):
-        return _build(x, lambda f: NamedSharding(mesh, logical_to_spec(f.metadata["axes"], None,
-                                                                       mesh)))  # fmt: skip
+        return _build(
+            x, lambda f: NamedSharding(mesh, logical_to_spec(f.metadata["axes"], None, mesh))
+        )
     return map_fields(
         lambda a, f: NamedSharding(mesh, logical_to_spec(f.metadata["axes"], np.shape(a), mesh)),
         x,

@@ -39,8 +39,9 @@ class Qwen25VL(nnx.Module):
         """Final (normed) hidden states [B, L, D]: causal attention within each segment."""
         t = self.cfg.text
         x = self.embed(inputs, opts)
-        cos, sin = mrope(inputs.positions, head_dim=t.head_dim, theta=t.rope_theta,
-                         sections=t.mrope_section)  # fmt: skip
+        cos, sin = mrope(
+            inputs.positions, head_dim=t.head_dim, theta=t.rope_theta, sections=t.mrope_section
+        )
         return self.decoder(x, cos, sin, inputs.segment_ids, opts)[0]
 
     def __call__(self, inputs: ModelInputs, opts: RunOptions = RunOptions()) -> jax.Array:

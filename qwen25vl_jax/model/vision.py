@@ -104,8 +104,9 @@ class VisionTower(nnx.Module):
         for start, stop, full in block_runs(cfg):
 
             def body(x, p, full=full):
-                out = vision_block(p, x, cos, sin, segment_ids, full=full, cfg=cfg,
-                                   backend=opts.backend)  # fmt: skip
+                out = vision_block(
+                    p, x, cos, sin, segment_ids, full=full, cfg=cfg, backend=opts.backend
+                )
                 return out, None
 
             run = jax.tree.map(lambda a, start=start, stop=stop: a[start:stop], stacked)

@@ -21,10 +21,18 @@ from qwen25vl_jax.train.optimizer import OptimConfig
 
 # dense bf16 peak FLOP/s per device, by `device_kind` prefix
 PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "NVIDIA B200": 2250e12,
-}  # fmt: skip
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA B200": 2250e12,
+}
 
 
 def peak_flops(device: jax.Device, override: float | None = None) -> float | None:
@@ -111,8 +119,15 @@ class MetricWriter:
             self.writer.flush()
             self.jsonl.write(json.dumps({"step": step, "split": prefix, **scalars}) + "\n")
             self.jsonl.flush()
-        shown = ("loss", "lr", "grad_norm", "real_tokens_per_s", "mfu", "step_seconds",
-                 "skipped_records")  # fmt: skip
+        shown = (
+            "loss",
+            "lr",
+            "grad_norm",
+            "real_tokens_per_s",
+            "mfu",
+            "step_seconds",
+            "skipped_records",
+        )
         parts = [f"{k} {scalars[k]:.4g}" for k in shown if k in scalars]
         line = f"[{prefix}] step {step}: " + ", ".join(parts)
         if jax.process_index() == 0:

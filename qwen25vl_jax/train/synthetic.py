@@ -39,9 +39,18 @@ class SyntheticBatches:
     """Iterator of host-local `Batch`es: this process's `batch_size / process_count` rows of
     global batch `step`. State: {"step": int}."""
 
-    def __init__(self, cfg: ModelConfig, bucket: Bucket, *, batch_size: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1, vocab: int | None = None,
-                 repeat: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        bucket: Bucket,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        vocab: int | None = None,
+        repeat: int | None = None,
+    ):
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} not divisible by {process_count} processes")
         self.cfg, self.bucket, self.seed = cfg, bucket, seed
@@ -65,8 +74,12 @@ class SyntheticBatches:
     def __next__(self) -> Batch:
         step = self.step if self.repeat is None else self.step % self.repeat
         rows = range(self.first_row, self.first_row + self.local)
-        batch = assemble([self.example(step * 10_000 + r) for r in rows], self.cfg,
-                         seq_len=self.bucket.seq_len, num_slots=self.bucket.num_slots)  # fmt: skip
+        batch = assemble(
+            [self.example(step * 10_000 + r) for r in rows],
+            self.cfg,
+            seq_len=self.bucket.seq_len,
+            num_slots=self.bucket.num_slots,
+        )
         self.step += 1
         return batch
 
