@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
-from qwen25vl_jax.data.chat import QWEN25_VL_CHAT_TEMPLATE, render_chat
+from qwen25vl_jax.data.chat import render_chat
 from qwen25vl_jax.data.tokenizer import (
     ADDED_TOKENS,
     TOKENIZER_CONFIG_FILE,
@@ -32,6 +32,7 @@ from qwen25vl_jax.data.tokenizer import (
     add_qwen_tokens,
     atomic_write_text,
     qwen2_tokenizer,
+    tokenizer_config,
 )
 
 SPECIAL_IDS = {content: i for i, (_, content, _) in enumerate(ADDED_TOKENS)}
@@ -99,30 +100,6 @@ def save_small_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / TOKENIZER_FILE, tok.to_str(pretty=False))
-    config = {
-        "tokenizer_class": "Qwen2Tokenizer",
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "model_max_length": 32768,
-        "split_special_tokens": False,
-        "added_tokens_decoder": {
-            str(tok.token_to_id(c)): {
-                "content": c,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": s,
-            }
-            for _, c, s in ADDED_TOKENS
-        },
-        "chat_template": QWEN25_VL_CHAT_TEMPLATE,
-    }
+    config = tokenizer_config(token_id=tok.token_to_id, model_max_length=32768)
     atomic_write_text(out / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out

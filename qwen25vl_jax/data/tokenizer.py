@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenizers import (
@@ -243,8 +244,15 @@ def add_qwen_tokens(tok: Tokenizer, ids: dict[str, int]) -> None:
             raise RuntimeError(f"{content} got id {tok.token_to_id(content)}, want {ids[content]}")
 
 
-def tokenizer_config(chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE) -> dict:
-    """Minimal `tokenizer_config.json` so transformers loads the directory as Qwen2Tokenizer."""
+def tokenizer_config(
+    chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE,
+    *,
+    token_id: Callable[[str], int] | None = None,
+    model_max_length: int = 131072,
+) -> dict:
+    """Minimal `tokenizer_config.json` so transformers loads the directory as Qwen2Tokenizer.
+
+    token_id: the added tokens' ids by content (a reduced vocabulary); None = the release's."""
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
         "add_bos_token": False,
@@ -255,10 +263,10 @@ def tokenizer_config(chat_template: str | None = QWEN25_VL_CHAT_TEMPLATE) -> dic
         "unk_token": None,
         "clean_up_tokenization_spaces": False,
         "errors": "replace",
-        "model_max_length": 131072,
+        "model_max_length": model_max_length,
         "split_special_tokens": False,
         "added_tokens_decoder": {
-            str(i): {
+            str(i if token_id is None else token_id(c)): {
                 "content": c,
                 "lstrip": False,
                 "normalized": False,
