@@ -1,7 +1,7 @@
 """The demo is reproducible: its synthetic videos encode to the same bytes every time, its data
 is the same files every time, and a short training run twice writes the same metrics.jsonl
-(BUILD_NOTES "Determinism": libx264 fed rgb24 frames by PyAV wrote different pixels for the
-same frames in some calls, which made two demo runs part at step 40)."""
+(BUILD_NOTES "Determinism": libx264's SIMD routines wrote different pixels for the same
+frames in some calls, which made two demo runs part at step 40)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from qwen25vl_jax.data import video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a timing video of the demo's generator (600 train records, seed 0: record 41) whose encoding
-# varied from call to call in most processes while PyAV converted the rgb24 frames inside
-# encode() (measured: 7 of 25 calls, 5 distinct files; in 1 process of 5 none varied; this test
-# failed in 2 of 3 runs with that code)
+# varied from call to call in most processes while libx264 ran its SIMD routines (measured: 7
+# of 25 calls, 5 distinct files; in 1 process of 5 none varied; this test failed in 2 of 3 runs
+# without `asm=0`)
 VARYING_RECORD, OF = 41, 600
 
 

@@ -268,15 +268,17 @@ def write_video(
     if codec is None:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     rate = Fraction(fps).limit_denominator(1001)
+    if codec == "libx264":
+        # x264's SIMD routines made different bytes (pixels off by up to 6) from the same 56 x 56
+        # frames in some calls, so the demo's videos differed run to run; its C routines do not
+        # (BUILD_NOTES "Determinism"), at no cost that matters for the small videos written here
+        options = {"x264-params": "asm=0", **(options or {})}
     with av.open(os.fspath(path), mode="w") as container:
         stream = container.add_stream(codec, rate=rate, options=options or {})
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
         for array in frames:
-            # converted here, not by encode(): handed rgb24 frames, PyAV's own conversion made
-            # libx264 write different bytes (pixels off by up to 6) for the same frames in some
-            # calls, so the demo's videos differed run to run (BUILD_NOTES "Determinism")
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
