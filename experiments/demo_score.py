@@ -19,9 +19,11 @@ from PIL import Image, ImageDraw
 from experiments.score import score
 from qwen25vl_jax.checkpoint import load_checkpoint, save_params
 from qwen25vl_jax.config import ModelConfig
-from qwen25vl_jax.data import preprocess_image
-from qwen25vl_jax.data.chat import encode_chat
+from qwen25vl_jax.data.hf_format import hf_from_samples
+from qwen25vl_jax.data.media import image_media
+from qwen25vl_jax.data.sample import encode_sample
 from qwen25vl_jax.data.tokenizer import build_qwen_tokenizer, save_tokenizer_dir
+from qwen25vl_jax.data.vision import MAX_PIXELS, MIN_PIXELS
 from qwen25vl_jax.hf_weights import load_hf
 from qwen25vl_jax.model.qwen25vl import Qwen25VL
 
@@ -65,26 +67,16 @@ def main(argv):
     tokenizer = build_qwen_tokenizer()
     save_tokenizer_dir(tokenizer, hf_dir)
 
-    pixels, grid = preprocess_image(demo_image())
+    media = image_media(demo_image(), cfg.vision, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     messages = [
         {
             "role": "user",
             "content": [{"type": "image"}, {"type": "text", "text": "Where is the red circle?"}],
         }
     ]
-    ids, _ = encode_chat(
-        tokenizer,
-        messages,
-        image_token_counts=[int(np.prod(grid)) // 4],
-        video_token_counts=[],
-        add_generation_prompt=True,
-    )
-    arrays = {
-        "input_ids": ids[None].astype(np.int64),
-        "attention_mask": np.ones((1, len(ids))),
-        "pixel_values": pixels,
-        "image_grid_thw": grid[None],
-    }
+    sample = encode_sample(cfg, tokenizer, messages, [media], add_generation_prompt=True)
+    arrays = hf_from_samples([sample])  # the processor format: the scorer's edge
+    ids, grid = sample.input_ids, media.grid
     from_orbax = score(*load_checkpoint(ckpt), arrays)
     from_hf = score(*load_hf(hf_dir), arrays)
     assert np.array_equal(from_orbax["logits"], from_hf["logits"])
@@ -92,7 +84,7 @@ def main(argv):
     top = np.argsort(-logits)[:5]
     image = ids == cfg.image_token_id
     print(
-        f"image 364x252 -> grid {grid.tolist()} -> {int(image.sum())} vision tokens; "
+        f"image 364x252 -> grid {list(grid)} -> {int(image.sum())} vision tokens; "
         f"prompt of {len(ids)} tokens"
     )
     print(
