@@ -7,15 +7,13 @@ Run:  JAX_PLATFORMS=cpu .venv/bin/python benchmarks/assemble_bench.py
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import bench_config  # noqa: E402
+from benchmarks.common import bench_config, median_seconds  # noqa: E402
 from qwen25vl_jax.config import ModelConfig  # noqa: E402
 from qwen25vl_jax.data.assemble import assemble  # noqa: E402
 from qwen25vl_jax.data.hf_format import samples_from_hf  # noqa: E402
@@ -25,13 +23,7 @@ from tests.cases import make_case  # noqa: E402
 
 
 def median_ms(fn, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats) * 1e3
 
 
 def main() -> None:
