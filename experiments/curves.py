@@ -11,9 +11,9 @@ held-out metric at the evaluated checkpoints against its trivial baseline, drawn
 from __future__ import annotations
 
 import json
-import os
 
 from experiments.metrics import METRICS
+from qwen25vl_jax.atomic_write import atomic_path
 
 MODEL_COLOUR, BASELINE_COLOUR, AXIS_COLOUR = (31, 119, 180), (214, 39, 40), (90, 90, 90)
 PANEL_COLS = 3
@@ -115,6 +115,5 @@ def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -
     for k, (title, series) in enumerate(panels):
         x, y = (k % PANEL_COLS) * pw, 24 + (k // PANEL_COLS) * ph
         _panel(draw, (x, y, x + pw, y + ph), title, series, x_range)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)  # a killed run leaves no half-written PNG
+    with atomic_path(path) as tmp:  # a killed run leaves no half-written PNG
+        canvas.save(tmp, format="PNG")

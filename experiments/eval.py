@@ -52,6 +52,7 @@ from experiments.metrics import (
     strongest,
     task_metrics,
 )
+from qwen25vl_jax.atomic_write import atomic_path
 from qwen25vl_jax.cli_errors import (
     InputError,
     check_output_file,
@@ -275,9 +276,8 @@ def draw_boxes(examples, result: dict, path: str, max_images: int = 6, side: int
         x, y = (k % cols) * (side + 8) + 4, (k // cols) * (side + 28) + 4
         canvas.paste(img, (x, y))
         ImageDraw.Draw(canvas).text((x, y + side + 4), f"{label}: {caption}", fill="black")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)  # a killed run leaves no half-written PNG
+    with atomic_path(path) as tmp:  # a killed run leaves no half-written PNG
+        canvas.save(tmp, format="PNG")
     return len(rows)
 
 
@@ -330,7 +330,7 @@ def evaluate(
     if output:  # written whole or not at all
         from pathlib import Path
 
-        from qwen25vl_jax.data.tokenizer import atomic_write_text
+        from qwen25vl_jax.atomic_write import atomic_write_text
 
         atomic_write_text(Path(output), json.dumps(result, indent=1))
     if draw:

@@ -20,6 +20,7 @@ import time
 import numpy as np
 from absl import flags
 
+from qwen25vl_jax.atomic_write import atomic_path
 from qwen25vl_jax.cli_errors import (
     InputError,
     check_output_file,
@@ -159,7 +160,8 @@ def report_grounding(answer: str, images) -> None:
         coords = ", ".join(f"{c:.1f}" for c in d.coords)
         print(f"{d.kind} [{coords}] {d.label or ''}".rstrip())
     if FLAGS.draw:
-        draw_detections(img, result.detections).save(FLAGS.draw)
+        with atomic_path(FLAGS.draw) as tmp:
+            draw_detections(img, result.detections).save(tmp, format="PNG")
         print(f"grounding: {len(result.detections)} drawn to {FLAGS.draw}", file=sys.stderr)
 
 

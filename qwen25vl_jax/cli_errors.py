@@ -23,6 +23,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
+from qwen25vl_jax.atomic_write import atomic_path
+
 EXIT_INPUT_ERROR = 2
 # Errors that are about the user's files whatever raised them (their message names the path).
 FILE_ERRORS = (
@@ -82,13 +84,8 @@ def write_npz(path: str, **arrays) -> None:
     leaves no half-written output."""
     import numpy as np
 
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def handle(main: Callable, prog: str, errors: tuple[type[BaseException], ...] = ()) -> Callable:

@@ -24,13 +24,13 @@ from pathlib import Path
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import BPE
 
+from qwen25vl_jax.atomic_write import atomic_write_text
 from qwen25vl_jax.data.chat import render_chat
 from qwen25vl_jax.data.tokenizer import (
     ADDED_TOKENS,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     add_qwen_tokens,
-    atomic_write_text,
     qwen2_tokenizer,
     tokenizer_config,
 )

@@ -25,7 +25,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from tokenizers import (
 )
 from tokenizers.models import BPE
 
+from qwen25vl_jax.atomic_write import atomic_write_text
 from qwen25vl_jax.data.chat import QWEN25_VL_CHAT_TEMPLATE
 
 # Same pattern as transformers' models/qwen2/tokenization_qwen2.py and qwen.tiktoken's PAT_STR.
@@ -280,20 +280,6 @@ def tokenizer_config(
     if chat_template is not None:
         config["chat_template"] = chat_template
     return config
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    # Temp file in the same directory, fsync, rename: readers never see a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_tokenizer_dir(
