@@ -25,7 +25,6 @@ from qwen25vl_jax.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ModelConfig.tiny()  # the `tiny` fixture's config (vocabulary 211, patch rows 1176 wide)
-IMG = TINY.image_token_id
 HANG_LIMIT_S = 600  # the all-bad-records case must stop by itself well within this
 
 
@@ -72,7 +71,7 @@ def files(tiny, tmp_path_factory):
     f["mask_shape"] = npz(d / "mask_shape.npz", input_ids=ids, attention_mask=np.ones((1, 3), int))
     f["unknown"] = npz(d / "unknown.npz", input_ids=ids, pixels=np.zeros(3))
     f["pickled"] = npz(d / "pickled.npz", input_ids=np.array([[1, 2]], dtype=object))
-    img_ids = np.array([[1, IMG, IMG, IMG, IMG, 2]])  # 4 tokens = one 1x4x4 grid
+    img_ids = np.array([[1, *[TINY.image_token_id] * 4, 2]])  # 4 tokens = one 1x4x4 grid
     grid = np.array([[1, 4, 4]])
     pix = np.zeros((16, 1176), np.float32)
     f["img_no_grid"] = npz(d / "img_no_grid.npz", input_ids=img_ids)
