@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from experiments.score import score
 from qwen25vl_jax.checkpoint import load_checkpoint, save_params
-from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.config import TOKEN_ID_FIELDS, ModelConfig
 from qwen25vl_jax.data.hf_format import hf_from_samples
 from qwen25vl_jax.data.media import image_media
 from qwen25vl_jax.data.sample import encode_sample
@@ -45,17 +45,7 @@ def main(argv):
     real = ModelConfig()
     cfg = dataclasses.replace(
         ModelConfig.tiny(vocab_size=151665),
-        **{
-            f: getattr(real, f)
-            for f in (
-                "image_token_id",
-                "video_token_id",
-                "vision_start_token_id",
-                "vision_end_token_id",
-                "bos_token_id",
-                "eos_token_id",
-            )
-        },
+        **{f: getattr(real, f) for f in TOKEN_ID_FIELDS},
     )
     shutil.rmtree(FLAGS.workdir, ignore_errors=True)
     os.makedirs(FLAGS.workdir)

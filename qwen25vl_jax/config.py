@@ -15,6 +15,16 @@ from typing import Any
 
 from qwen25vl_jax.dataclass_dict import replace_from_plain
 
+# the special-token id fields of `ModelConfig` (read from config.json, set by tokenizers)
+TOKEN_ID_FIELDS = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -338,18 +348,7 @@ def config_from_hf_dict(d: dict[str, Any], *, source: str = "config.json") -> Mo
         )
         if vis.get("hidden_act", "silu") != "silu" or text.get("hidden_act", "silu") != "silu":
             raise ValueError("only hidden_act 'silu' is supported")
-        ids = {
-            k: int(text[k])
-            for k in (
-                "image_token_id",
-                "video_token_id",
-                "vision_start_token_id",
-                "vision_end_token_id",
-                "bos_token_id",
-                "eos_token_id",
-            )
-            if isinstance(text.get(k), int)
-        }
+        ids = {k: int(text[k]) for k in TOKEN_ID_FIELDS if isinstance(text.get(k), int)}
         after_video = str(d.get("position_after_video", "spatial"))
         return ModelConfig(
             vision=vision_cfg, text=text_cfg, position_after_video=after_video, **ids
