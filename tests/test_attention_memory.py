@@ -21,7 +21,7 @@ from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.model.inputs import Batch
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.param_paths import flatten
-from qwen25vl_jax.train.step import loss_sum_and_count
+from qwen25vl_jax.train.step import NextTokenLoss, objective_sums
 
 L = 4096
 
@@ -73,9 +73,9 @@ def _trace_training_loss(backend: str):
     graphdef, state = nnx.split(model)
     params = flatten(nnx.to_pure_dict(state))  # the trainer's flat {path: array}
     loss = functools.partial(
-        loss_sum_and_count,
+        objective_sums,
         graphdef=graphdef,
-        chunk=512,
+        objective=NextTokenLoss(chunk=512),
         opts=RunOptions(dtype=jnp.bfloat16, backend=backend, remat="dots"),
     )
     grad = jax.grad(lambda p, b: loss(p, {}, b)[0])

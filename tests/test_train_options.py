@@ -21,7 +21,7 @@ from qwen25vl_jax.hf_weights import expected_names
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.qwen25vl import Qwen25VL
 from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer, schedule
-from qwen25vl_jax.train.step import loss_sum_and_count
+from qwen25vl_jax.train.step import NextTokenLoss, objective_sums
 from qwen25vl_jax.train.synthetic import SyntheticBatches
 
 CFG = ModelConfig.tiny()
@@ -38,8 +38,9 @@ def test_remat_policies_give_the_gradients_of_no_remat():
     assert batch.patches.shape[1] > 0 and batch.loss_mask.sum() > 0
 
     def mean_loss(p, policy):
-        total, count = loss_sum_and_count(p, {}, batch, graphdef=graphdef,
-                                          opts=RunOptions(remat=policy), chunk=32)  # fmt: skip
+        total, (count, _) = objective_sums(p, {}, batch, graphdef=graphdef,
+                                           opts=RunOptions(remat=policy),
+                                           objective=NextTokenLoss(chunk=32))  # fmt: skip
         return total / count
 
     grads, wrapped = {}, {}

@@ -11,7 +11,7 @@ from qwen25vl_jax.data.hf_format import batch_from_hf
 from qwen25vl_jax.hf_weights import expected_names, released_name
 from qwen25vl_jax.model.qwen25vl import RunOptions
 from qwen25vl_jax.param_paths import flatten
-from qwen25vl_jax.train.step import loss_sum_and_count
+from qwen25vl_jax.train.step import NextTokenLoss, objective_sums
 from tests.cases import make_case
 from tests.hf_reference import hf_inputs_to_torch
 
@@ -43,8 +43,8 @@ def test_loss_and_grads_match_transformers(tiny):
     graphdef = nnx.graphdef(tiny.jax)
 
     def mean_loss(p):
-        total, count = loss_sum_and_count(p, {}, batch, graphdef=graphdef, opts=RunOptions(),
-                                          chunk=8)  # fmt: skip
+        total, (count, _) = objective_sums(p, {}, batch, graphdef=graphdef, opts=RunOptions(),
+                                           objective=NextTokenLoss(chunk=8))  # fmt: skip
         return total / count
 
     loss, grads = jax.jit(jax.value_and_grad(mean_loss))(params)

@@ -1,15 +1,17 @@
-"""The training step: a pure function of (TrainState, Batch), jit-compiled once with explicit
+"""The training step: a pure function of (TrainState, batch), jit-compiled once with explicit
 shardings and the state donated.
 
-Loss = next-token cross-entropy summed over supervised tokens of the *global* batch (all
-micro-batches, all devices) divided by their number: every real token weighs the same whatever
-the packing, padding or accumulation.
+What the step minimises is an `Objective`: a sum over the *global* batch (all micro-batches, all
+devices) divided by a count, so every unit (a supervised token for next-token training, a pair
+for DPO, a sampled token for GRPO) weighs the same whatever the packing, padding or accumulation.
+`NextTokenLoss` is pre-training and SFT; `train/dpo.py` and `train/grpo.py` are the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ import optax
 from flax import nnx
 
 from qwen25vl_jax.model.inputs import Batch, split_batch
-from qwen25vl_jax.model.qwen25vl import RunOptions
+from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.param_paths import unflatten
 from qwen25vl_jax.train.losses import chunked_cross_entropy
 
@@ -40,20 +42,56 @@ class TrainState:
         return unflatten({**self.trainable, **self.frozen})
 
 
-def loss_sum_and_count(
-    trainable, frozen, batch: Batch, *, graphdef: nnx.GraphDef, opts: RunOptions, chunk: int
+class Objective(Protocol):
+    """What a training step minimises.
+
+    batch_type: the schema class of its batches (`Batch` or a subclass with more fields; the
+    trainer shards and places them from its declared axes). count_name: what the count counts
+    (a metric of that name reports it). metric_names: the metric sums it returns.
+    Called on one (micro-)batch, it returns (loss sum, count, {name: metric sum}), float32
+    scalars; the step divides the loss, its gradients and every metric sum by the global count.
+    """
+
+    batch_type: ClassVar[type]
+    count_name: ClassVar[str]
+    metric_names: ClassVar[tuple[str, ...]]
+
+    def __call__(self, model: Qwen25VL, batch: Any, opts: RunOptions) -> tuple[Any, Any, dict]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenLoss:
+    """Next-token cross-entropy over supervised tokens (pre-training, SFT).
+
+    chunk: positions per chunk of the cross-entropy, so [chunk, vocab] logits are the largest
+    buffer of the loss."""
+
+    chunk: int = 1024
+    batch_type: ClassVar[type] = Batch
+    count_name: ClassVar[str] = "supervised_tokens"
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, model: Qwen25VL, batch: Batch, opts: RunOptions):
+        hidden = model.hidden(batch, opts)
+        total, count = chunked_cross_entropy(
+            hidden,
+            model.decoder.logits,
+            batch.targets,
+            batch.loss_mask,
+            chunk=self.chunk,
+            unroll=opts.unroll,
+        )
+        return total, count, {}
+
+
+def objective_sums(
+    trainable, frozen, batch, *, graphdef: nnx.GraphDef, opts: RunOptions, objective: Objective
 ):
-    """(sum of token losses, number of supervised tokens) of one (micro-)batch."""
+    """`objective` of one (micro-)batch under the flat parameters `trainable` + `frozen`:
+    (loss sum, (count, metric sums))."""
     model = nnx.merge(graphdef, unflatten({**trainable, **frozen}))
-    hidden = model.hidden(batch, opts)
-    return chunked_cross_entropy(
-        hidden,
-        model.decoder.logits,
-        batch.targets,
-        batch.loss_mask,
-        chunk=chunk,
-        unroll=opts.unroll,
-    )
+    total, count, sums = objective(model, batch, opts)
+    return total, (count, sums)
 
 
 def train_step(
@@ -63,27 +101,30 @@ def train_step(
     graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     opts: RunOptions,
+    objective: Objective = NextTokenLoss(),
     accum_steps: int = 1,
-    loss_chunk: int = 1024,
     lr_fn=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step over `batch`, accumulated over `accum_steps` micro-batches."""
-    kw = dict(graphdef=graphdef, opts=opts, chunk=loss_chunk)
+    kw = dict(graphdef=graphdef, opts=opts, objective=objective)
 
     def micro(carry, mb):
-        g_acc, l_acc, n_acc = carry
-        (loss, count), g = jax.value_and_grad(
-            lambda t: loss_sum_and_count(t, state.frozen, mb, **kw), has_aux=True
+        g_acc, l_acc, n_acc, m_acc = carry
+        (loss, (count, sums)), g = jax.value_and_grad(
+            lambda t: objective_sums(t, state.frozen, mb, **kw), has_aux=True
         )(state.trainable)
-        g_acc = jax.tree.map(jnp.add, g_acc, g)
-        return (g_acc, l_acc + loss, n_acc + count), None
+        add = functools.partial(jax.tree.map, jnp.add)
+        return (add(g_acc, g), l_acc + loss, n_acc + count, add(m_acc, sums)), None
 
+    zero = jnp.zeros((), jnp.float32)
     zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    init = (zeros, zero, zero, {name: zero for name in objective.metric_names})
     if accum_steps == 1:
-        (grads, loss_sum, count), _ = micro(init, batch)
+        (grads, loss_sum, count, sums), _ = micro(init, batch)
     else:
-        (grads, loss_sum, count), _ = jax.lax.scan(micro, init, split_batch(batch, accum_steps))
+        (grads, loss_sum, count, sums), _ = jax.lax.scan(
+            micro, init, split_batch(batch, accum_steps)
+        )
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
@@ -91,8 +132,9 @@ def train_step(
     metrics = {
         "loss": loss_sum / denom,
         "grad_norm": optax.tree.norm(grads),
-        "supervised_tokens": count,
+        objective.count_name: count,
         "real_tokens": (batch.segment_ids > 0).sum().astype(jnp.float32),
+        **{name: total / denom for name, total in sums.items()},
     }
     if lr_fn is not None:
         metrics["lr"] = lr_fn(state.step)

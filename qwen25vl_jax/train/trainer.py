@@ -62,7 +62,9 @@ class Trainer:
     """Owns the mesh, the shardings, the compiled step and the checkpoint manager.
 
     opts: how the model runs (compute dtype, attention backend, remat); master weights stay
-    float32. step: how a step is formed (`StepConfig`)."""
+    float32. step: how a step is formed (`StepConfig`). objective: what the step minimises
+    (default: next-token cross-entropy, `step_lib.NextTokenLoss`); its `batch_type` is the
+    schema of the batches `step` takes."""
 
     def __init__(
         self,
@@ -73,11 +75,13 @@ class Trainer:
         workdir: str | None = None,
         *,
         step: StepConfig = StepConfig(),
+        objective: step_lib.Objective | None = None,
         save_every: int = 100,
         keep: int = 3,
         async_save: bool = True,
     ):
         self.model_cfg, self.optim, self.opts, self.mesh = model_cfg, optim, opts, mesh
+        self.objective = objective or step_lib.NextTokenLoss(chunk=step.loss_chunk)
         self.replicated = NamedSharding(mesh, PartitionSpec())
         graphdef, abstract_state = nnx.split(
             nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0)))
@@ -106,8 +110,8 @@ class Trainer:
             graphdef=graphdef,
             optimizer=self.optimizer,
             opts=opts,
+            objective=self.objective,
             accum_steps=step.accum_steps,
-            loss_chunk=step.loss_chunk,
             lr_fn=schedule(optim, optim.group_lr(lr_group)),
         )
         self._step = jax.jit(
@@ -137,7 +141,8 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------
     def batch_shardings(self) -> Batch:
-        return field_shardings(Batch, self.mesh)
+        """The shardings of the objective's batch schema (`Batch` or a subclass)."""
+        return field_shardings(self.objective.batch_type, self.mesh)
 
     def init_state(
         self, params: dict | None = None, seed: int = 0, *, init_seed: int | None = None
