@@ -5,10 +5,13 @@ the released ViT geometry (window 112 px).
 
 Two efficiency figures: the pipeline's own counters over the whole run (the last window is
 flushed, its tail bins only partly full), and the packing planner alone (`plan_window` on the
-sizes of `--plan_samples` synthetic samples, no pixels), the steady-state figure.
+sizes of `--plan_samples` synthetic samples, no pixels), the steady-state figure. And the
+data-parallel balance of the planner's batches over `--shards` shards (max / mean shard cost,
+analytic FLOPs), packed as before (by fill only) and balanced (`data/row_balance.py`).
 
 Usage: python benchmarks/pipeline_bench.py [--samples=96] [--epochs=2] [--workers=0,2]
-    [--seq_len=8192] [--num_slots=32768] [--lookahead=32] [--batch_size=1]
+    [--seq_len=8192] [--num_slots=32768] [--lookahead=32] [--batch_size=1] [--shards=8]
+    [--rows_per_shard=1]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from qwen25vl_jax.data.packing import Bucket  # noqa: E402
 from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator  # noqa: E402
 from qwen25vl_jax.data.pipeline_counts import efficiency  # noqa: E402
 from qwen25vl_jax.data.records import RecordOptions, record_to_sample  # noqa: E402
+from qwen25vl_jax.data.row_balance import sample_flops, shard_imbalance  # noqa: E402
 from qwen25vl_jax.data.tokenizer import build_qwen_tokenizer  # noqa: E402
 from qwen25vl_jax.data.vision import smart_resize  # noqa: E402
 from qwen25vl_jax.data.window_plan import plan_window  # noqa: E402
@@ -44,6 +48,8 @@ flags.DEFINE_integer("lookahead", 32, "new samples per packing window")
 flags.DEFINE_integer("batch_size", 1, "packed examples per batch")
 flags.DEFINE_integer("worker_buffer", 0, "samples buffered per worker (0: the pipeline default)")
 flags.DEFINE_integer("plan_samples", 5000, "synthetic sample sizes for the planner-only figure")
+flags.DEFINE_integer("shards", 8, "data-parallel shards for the balance figure")
+flags.DEFINE_integer("rows_per_shard", 1, "packed rows per shard in the balance figure's batch")
 flags.DEFINE_integer("cost_samples", 30, "records timed through record_to_sample alone")
 flags.DEFINE_integer("seed", 0, "corpus seed")
 FLAGS = flags.FLAGS
@@ -127,9 +133,10 @@ def run_pipeline(conf: PipelineConfig, cfg: ModelConfig, tok) -> dict:
     }
 
 
-def planner_efficiency(cfg: ModelConfig, bucket: Bucket, rng) -> dict:
-    """plan_window over a stream of sample sizes drawn from the same distribution."""
-    sizes = []
+def planner_sizes(cfg: ModelConfig, bucket: Bucket, rng) -> tuple[list, list]:
+    """(tokens, ViT slots) and analytic cost of `--plan_samples` synthetic samples drawn from
+    the corpus's distribution (no pixels)."""
+    sizes, costs = [], []
     for _ in range(FLAGS.plan_samples):
         k = int(rng.integers(1, 5))
         tokens, grids = int(rng.integers(20, 2001)) + 22 + 2 * k, []  # + chat template tokens
@@ -140,30 +147,50 @@ def planner_efficiency(cfg: ModelConfig, bucket: Bucket, rng) -> dict:
         size = (tokens, layout_slots(grids, cfg.vision))
         if bucket.fits(*size):
             sizes.append(size)
+            costs.append(sample_flops(cfg, tokens, grids))
+    return sizes, costs
+
+
+def planner_efficiency(sizes, costs, bucket: Bucket, batch_size: int, balance: bool) -> dict:
+    """plan_window over a stream of sample sizes as the pipeline runs it; packing fill, and the
+    data-parallel balance over `--shards` shards (the batch's rows split evenly over them):
+    sum over batches of the costliest shard / sum of the mean shard (the step time against a
+    perfectly balanced one), and the worst batch's max / mean. Full batches only (the last
+    flushed batch may be short)."""
     real = patches = cap = 0
+    worst, sum_max, sum_mean = 1.0, 0.0, 0.0
     carry, ages, pos, k = [], {}, 0, FLAGS.lookahead
+    t0 = time.perf_counter()
     while pos < len(sizes) or carry:
         window = carry + list(range(pos, min(pos + k, len(sizes))))
         pos += k
         batches, kept = plan_window(
             [sizes[i] for i in window],
             [bucket],
-            FLAGS.batch_size,
+            batch_size,
             min_fill=0.97,
             max_carry=k,
             forced=[j for j, i in enumerate(window) if ages.get(i, 0) >= 4],
             final=pos >= len(sizes),
+            costs=[costs[i] for i in window] if balance else None,
         )
         for _, bins in batches:
             real += sum(sizes[window[j]][0] for b in bins for j in b)
             patches += sum(sizes[window[j]][1] for b in bins for j in b)
-            cap += FLAGS.batch_size
+            cap += batch_size
+            if len(bins) == batch_size:
+                rows = [sum(costs[window[j]] for j in b) for b in bins]
+                most, mean = shard_imbalance(rows, FLAGS.shards)
+                sum_max, sum_mean, worst = sum_max + most, sum_mean + mean, max(worst, most / mean)
         carry = [window[j] for j in kept]
         ages = {i: ages.get(i, 0) + 1 for i in carry}
     return {
         "samples": len(sizes),
         "text": real / (cap * bucket.seq_len),
         "slots": patches / (cap * bucket.num_slots),
+        "imbalance": sum_max / max(sum_mean, 1e-30),
+        "worst": worst,
+        "seconds": time.perf_counter() - t0,
     }
 
 
@@ -223,12 +250,23 @@ def main(argv):
                     f"  packing + batching in the main process: {1000 * main_side:.0f} "
                     f"ms/sample (the serial part)"
                 )
-    plan = planner_efficiency(cfg, bucket, np.random.default_rng(FLAGS.seed + 1))
+    sizes, costs = planner_sizes(cfg, bucket, np.random.default_rng(FLAGS.seed + 1))
+    plan = planner_efficiency(sizes, costs, bucket, FLAGS.batch_size, balance=False)
     print(
         f"planner only ({plan['samples']} sample sizes, L={FLAGS.seq_len}, P={FLAGS.num_slots}, "
         f"lookahead={FLAGS.lookahead}, batch={FLAGS.batch_size}): text {plan['text']:.4f}, "
         f"ViT slots {plan['slots']:.4f}"
     )
+    batch = FLAGS.shards * FLAGS.rows_per_shard
+    for balance in (False, True):
+        p = planner_efficiency(sizes, costs, bucket, batch, balance=balance)
+        print(
+            f"data-parallel balance, {'balanced (row_balance)' if balance else 'packed as today'}"
+            f" (batch {batch} = {FLAGS.shards} shards x {FLAGS.rows_per_shard} rows, analytic "
+            f"forward FLOPs of the 7B): max/mean shard cost {p['imbalance']:.3f} (worst batch "
+            f"{p['worst']:.3f}); packing text {p['text']:.4f}, ViT slots {p['slots']:.4f}; "
+            f"planner {p['seconds']:.2f} s"
+        )
 
 
 if __name__ == "__main__":

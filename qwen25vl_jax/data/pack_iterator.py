@@ -21,6 +21,7 @@ from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.assemble import assemble
 from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.pipeline_counts import new_counts
+from qwen25vl_jax.data.row_balance import sample_flops
 from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.data.window_plan import plan_window
 from qwen25vl_jax.model.inputs import Batch
@@ -99,6 +100,9 @@ class PackIterator(grain.DatasetIterator):
             max_carry=d.max_carry,
             final=final,
             forced=[k for k, a in enumerate(ages) if a >= d.max_age],
+            costs=[sample_flops(d.cfg, s.num_tokens, s.grids) for s in samples]
+            if d.balance
+            else None,
         )
         carry_out = [[indices[k], ages[k] + 1] for k in carry]
         self._carried = {indices[k]: samples[k] for k in carry}
@@ -168,7 +172,8 @@ class PackIterDataset(grain.IterDataset):
     patches float32[B, N, 1176], ... (see `Batch`), (L, N) one of the buckets.
 
     ``lookup`` is the preprocessed MapDataset the parent iterates (``lookup[i]`` = the element
-    with index i): a restored iterator recomputes its carried samples from it.
+    with index i): a restored iterator recomputes its carried samples from it. ``balance``:
+    rows of even compute cost (see `plan_window`'s ``costs``), else rows as packed.
     """
 
     def __init__(
@@ -185,6 +190,7 @@ class PackIterDataset(grain.IterDataset):
         max_age: int = 4,
         pad_id: int | None = None,
         max_consecutive_bad: int = 1000,
+        balance: bool = True,
     ):
         super().__init__(parent)
         self.lookup, self.cfg, self.buckets = lookup, cfg, tuple(buckets)
@@ -192,6 +198,7 @@ class PackIterDataset(grain.IterDataset):
         self.batch_size, self.lookahead, self.min_fill = batch_size, lookahead, min_fill
         self.max_carry = lookahead if max_carry is None else max_carry
         self.max_age, self.max_consecutive_bad = max_age, max(1, max_consecutive_bad)
+        self.balance = balance
         self.buckets_sorted = sorted(self.buckets, key=lambda b: (b.seq_len, b.num_slots))
         for b in self.buckets:
             if b.num_slots % cfg.vision.window_patches:

@@ -54,7 +54,8 @@ class PipelineConfig:
 
     buckets: (seq_len, num_slots) shapes; num_slots a multiple of the ViT window_patches.
     batch_size: packed examples per batch on this host. lookahead: new samples per packing
-    window, min_fill / max_carry (default lookahead) / max_age: see `plan_window`. Memory: a
+    window, min_fill / max_carry (default lookahead) / max_age: see `plan_window`; balance:
+    rows of even compute cost over the data-parallel shards (`data/row_balance.py`). Memory: a
     window holds up to lookahead + max_carry samples, patches included (an image of 1344^2
     pixels is 43 MB of float32 patches); lookahead should be >= ~8 x batch_size.
     oversize: a sample no bucket holds is cut to the longest bucket that holds its media
@@ -82,6 +83,7 @@ class PipelineConfig:
     min_fill: float = 0.97
     max_carry: int | None = None
     max_age: int = 4
+    balance: bool = True
     oversize: Literal["truncate", "drop"] = "truncate"
     on_bad_record: Literal["raise", "skip"] = "raise"
     max_consecutive_bad: int = 1000
@@ -172,6 +174,7 @@ def build_dataset(
         max_age=config.max_age,
         pad_id=config.pad_id,
         max_consecutive_bad=config.max_consecutive_bad,
+        balance=config.balance,
     )
 
 

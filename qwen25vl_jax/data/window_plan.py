@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 
 from qwen25vl_jax.data.packing import Bucket, choose_bucket, first_fit_decreasing
+from qwen25vl_jax.data.row_balance import balance_rows
 
 
 def plan_window(
@@ -18,6 +19,7 @@ def plan_window(
     max_carry: int,
     forced: Sequence[int] = (),
     final: bool = False,
+    costs: Sequence[float] | None = None,
 ) -> tuple[list[tuple[int, list[list[int]]]], list[int]]:
     """Packs one window of samples given their (tokens, ViT slots); a pure function.
 
@@ -58,7 +60,13 @@ def plan_window(
             )
             while emit < full and sum(map(len, bins[emit:])) > max_carry - len(carry):
                 emit += batch_size
-        out = sorted(bins[:emit], key=lambda b: b[0])
-        batches += [(h, out[k : k + batch_size]) for k in range(0, len(out), batch_size)]
+        if costs is None or not emit:
+            out = sorted(bins[:emit], key=lambda b: b[0])
+        else:
+            out = balance_rows(bins[:emit], sizes, costs, bucket)  # sorted by cost
+        batches += [
+            (h, sorted(out[k : k + batch_size], key=lambda b: b[0]))
+            for k in range(0, len(out), batch_size)
+        ]
         carry += [i for b in bins[emit:] for i in b]
     return sorted(batches, key=lambda hb: hb[1][0][0]), sorted(carry)

@@ -1,10 +1,10 @@
 """Training metrics: analytic FLOPs (ViT + merger + LLM, attention included), MFU, throughput,
 TensorBoard event files and progress lines.
 
-FLOPs are counted as MaxText counts the LLM (2 x matmul MACs, causal attention halved, x3 for
-forward + backward) plus the ViT and merger it leaves out, on the *real* tokens and patches of
-the batch. A frozen module whose inputs need no gradient runs forward only (x1); a frozen module
-with a trainable module upstream back-propagates activations but not weights (x2).
+FLOPs are `model.cost.forward_flops` (MaxText's count of the LLM plus the ViT and merger, on the
+*real* tokens and patches of the batch) x3 for forward + backward. A frozen module whose inputs
+need no gradient runs forward only (x1); a frozen module with a trainable module upstream
+back-propagates activations but not weights (x2).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from qwen25vl_jax.config import ModelConfig
+from qwen25vl_jax.model.cost import forward_flops
 from qwen25vl_jax.train.optimizer import OptimConfig
 
 # dense bf16 peak FLOP/s per device, by `device_kind` prefix
@@ -55,25 +56,17 @@ def _factors(optim: OptimConfig) -> tuple[int, int, int]:
 
 def batch_flops(cfg: ModelConfig, batch, optim: OptimConfig) -> dict[str, float]:
     """Training FLOPs of one (host, NumPy) batch: {'vit', 'merger', 'llm', 'total'}."""
-    v, t = cfg.vision, cfg.text
-    vit_seg = np.asarray(batch.vit_segment_ids)
-    patches = float((vit_seg > 0).sum())
-    frames_sq = sum(float(np.square(np.bincount(row[row > 0])).sum()) for row in vit_seg)
-    n_full = len(v.fullatt_block_indexes)
-    d, i = v.hidden_size, v.intermediate_size
-    vit = 2 * patches * v.patch_dim * d + 2 * patches * v.depth * d * (4 * d + 3 * i)
-    vit += 4 * d * ((v.depth - n_full) * patches * v.window_patches + n_full * frames_sq)
-    m = d * v.merge_unit
-    merger = 2 * patches / v.merge_unit * (m * m + m * v.out_hidden_size)
-    seg = np.asarray(batch.segment_ids)
-    tokens = float((seg > 0).sum())
-    samples_sq = sum(float(np.square(np.bincount(row[row > 0])).sum()) for row in seg)
-    qkvo = t.hidden_size * t.head_dim * (2 * t.num_heads + 2 * t.num_kv_heads)
-    per_token = t.num_layers * (qkvo + 3 * t.hidden_size * t.intermediate_size)
-    llm = 2 * tokens * (per_token + t.hidden_size * t.vocab_size)
-    llm += t.num_layers * 4 * (samples_sq / 2) * t.num_heads * t.head_dim  # causal: half
+    vit_seg, seg = np.asarray(batch.vit_segment_ids), np.asarray(batch.segment_ids)
+    square_sum = lambda ids: sum(float(np.square(np.bincount(r[r > 0])).sum()) for r in ids)  # noqa: E731
+    fwd = forward_flops(
+        cfg,
+        patches=float((vit_seg > 0).sum()),
+        frames_sq=square_sum(vit_seg),
+        tokens=float((seg > 0).sum()),
+        samples_sq=square_sum(seg),
+    )
     fv, fm, fl = _factors(optim)
-    out = {"vit": fv * vit, "merger": fm * merger, "llm": fl * llm}
+    out = {"vit": fv * fwd["vit"], "merger": fm * fwd["merger"], "llm": fl * fwd["llm"]}
     out["total"] = sum(out.values())
     return out
 

@@ -166,6 +166,28 @@ class Trainer:
         step = jax.device_put(jnp.zeros((), jnp.int32), self.replicated)
         return step_lib.TrainState(step, trainable, frozen, opt_state, rng)
 
+    def abstract_state(self) -> step_lib.TrainState:
+        """The state as `jax.ShapeDtypeStruct`s with their shardings (nothing allocated): what
+        `restore` reads into, and what `lower` compiles against."""
+        params, opt_state = self._abstract
+        trainable, frozen = split_trainable(params, self.optim)
+        sh = self.state_shardings
+        leaf = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)  # noqa: E731
+        rng = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        return step_lib.TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32, sharding=self.replicated),
+            trainable=jax.tree.map(leaf, trainable, sh.trainable),
+            frozen=jax.tree.map(leaf, frozen, sh.frozen),
+            opt_state=jax.tree.map(leaf, opt_state, sh.opt_state),
+            rng=leaf(rng, self.replicated),
+        )
+
+    def lower(self, batch: Batch) -> jax.stages.Lowered:
+        """The step lowered for `batch` (arrays or `jax.ShapeDtypeStruct`s) on the abstract
+        state: `.compile().memory_analysis()` without allocating a weight
+        (benchmarks/memory_plan.py)."""
+        return self._step.lower(self.abstract_state(), batch)
+
     def global_batch(self, local: Batch) -> Batch:
         """Assembles the global batch from each process's rows (host NumPy)."""
         vocab = self.model_cfg.text.vocab_size
@@ -205,18 +227,10 @@ class Trainer:
         """The latest complete checkpoint, restored straight into the state's shardings."""
         step = self.manager.latest_step()
 
-        def with_sharding(tree, shardings):
-            return jax.tree.map(
-                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
-            )
-
-        params, opt_state = self._abstract
-        sh = self.state_shardings
+        abstract = self.abstract_state()
         items = ocp.args.Composite(
-            params=ocp.args.StandardRestore(
-                unflatten(with_sharding(params, {**sh.trainable, **sh.frozen}))
-            ),
-            opt_state=ocp.args.StandardRestore(with_sharding(opt_state, sh.opt_state)),
+            params=ocp.args.StandardRestore(unflatten({**abstract.trainable, **abstract.frozen})),
+            opt_state=ocp.args.StandardRestore(abstract.opt_state),
             train=ocp.args.JsonRestore(),
         )
         restored = self.manager.restore(step, args=items)
