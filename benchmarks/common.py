@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the benchmark model config and a median timer."""
+"""Shared by the benchmarks: the benchmark model config, a median timer and a token clock."""
 
 from __future__ import annotations
 
@@ -53,3 +53,16 @@ def best_torch_seconds(fn, repeats: int) -> tuple[float, int]:
         results.append((median_seconds(fn, repeats), threads))
     torch.set_num_threads(before)
     return min(results)
+
+
+class StreamClock:
+    """A transformers streamer that timestamps each `put` (the prompt, then every new token)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, _):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from benchmarks.common import bench_config  # noqa: E402
+from benchmarks.common import StreamClock, bench_config  # noqa: E402
 from qwen25vl_jax.config import ModelConfig  # noqa: E402
 from qwen25vl_jax.hf_weights import load_hf  # noqa: E402
 from qwen25vl_jax.inference import Generator  # noqa: E402
@@ -95,19 +95,6 @@ PRESETS = {
 }
 
 
-class _Clock:
-    """A transformers streamer that timestamps each `put` (the prompt, then every new token)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, _):
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 def interleaved_medians(fns: dict, repeats: int) -> dict:
     """{name: median (prefill s, decode s)} of each fn() -> (prefill, decode). The runs are
     interleaved (one of each per round) so that load changes on a shared machine hit all alike;
@@ -142,7 +129,7 @@ def main(argv):
     hf_tokens = []
 
     def hf_run():
-        clock = _Clock()
+        clock = StreamClock()
         t0 = time.perf_counter()
         with torch.no_grad():
             out = hf.generate(

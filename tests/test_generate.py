@@ -20,6 +20,7 @@ import pytest
 
 from qwen25vl_jax.inference import Generator, Sampling, generate, warp_logits
 from qwen25vl_jax.inference.generate import geometric_bucket, prepare_batch
+from qwen25vl_jax.model.options import RunOptions
 from tests.cases import CASES, make_case, make_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,3 +244,18 @@ def test_mesh_gives_the_single_device_tokens(tiny, gen, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(mesh_child(*sys.argv[1:3]))
+
+
+def test_weights_held_in_the_compute_dtype(tiny):
+    # a bf16 generator holds bf16 weights (decode reads half the bytes, converts nothing) and
+    # produces exactly what casting float32 weights at every use produces
+    arrays = make_case(tiny.cfg, CASES["text_only"], seed=3)
+    kw = dict(max_new_tokens=6, return_logits=True)
+    opts = RunOptions(dtype=jnp.bfloat16)
+    held = Generator(tiny.jax, opts=opts)
+    per_use = Generator(tiny.jax, opts=opts, weights_dtype=jnp.float32)
+    dtypes = {a.dtype for a in jax.tree.leaves(held.state) if jnp.issubdtype(a.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+    a, b = held.generate(arrays, **kw), per_use.generate(arrays, **kw)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logits, b.logits)

@@ -37,6 +37,7 @@ from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.inference.kv_cache import KVCache, init_cache
 from qwen25vl_jax.inference.sampling import Sampling, sample
 from qwen25vl_jax.model.inputs import ModelInputs, place
+from qwen25vl_jax.model.layers import cast
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.sharding import logical_to_spec, state_shardings
@@ -252,6 +253,10 @@ class Generator:
     `data`). The jitted functions are module-level, so generators share compilations.
 
     cache_dtype: KV cache dtype (default: the compute dtype `opts.dtype`).
+    weights_dtype: the dtype the generator holds the floating weights in (default: the compute
+    dtype). Every layer casts its weights to the compute dtype where it uses them, so holding
+    them in that dtype gives the same numbers while a decode step, bound by reading the
+    weights, reads bf16 instead of float32 masters and converts nothing.
     length_bucket / patch_bucket / cache_bucket: shape buckets for the prompt length, the ViT
     slots and the cache size; one prefill is compiled per bucket.
     """
@@ -263,6 +268,7 @@ class Generator:
         opts: RunOptions = RunOptions(),
         mesh: Mesh | None = None,
         cache_dtype=None,
+        weights_dtype=None,
         length_bucket: int = 64,
         patch_bucket: int | None = None,
         cache_bucket: int = 128,
@@ -273,6 +279,7 @@ class Generator:
         self.length_bucket, self.patch_bucket = length_bucket, patch_bucket
         self.cache_bucket = cache_bucket
         self.graphdef, state = nnx.split(model)
+        state = cast(state, jnp.dtype(weights_dtype or opts.dtype))
         self.state = state if mesh is None else jax.device_put(state, state_shardings(state, mesh))
 
     def prepare(
