@@ -12,6 +12,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from qwen25vl_jax.config import ModelConfig
 from qwen25vl_jax.data.layout import token_modalities
+from qwen25vl_jax.hf_weights import expected_names
 
 
 def build_hf_model(cfg: ModelConfig, seed: int = 0, std: float = 0.05):
@@ -56,3 +57,19 @@ def hf_logits(model, cfg: ModelConfig, arrays: dict):
         )  # fmt: skip
         logits = model(**kw, position_ids=pos).logits
     return logits.numpy(), pos.numpy(), deltas.numpy()
+
+
+def assert_grads_match(cfg: ModelConfig, ref_grads: dict, grads: dict, rel: float) -> float:
+    """Every weight's gradient (ours {path: array}) within `rel` (relative L2) of the reference
+    ({released name: numpy array}); returns the worst relative error, asserted > 0 (a
+    comparison of zeros proves nothing)."""
+    worst = 0.0
+    for rule, layer, name in expected_names(cfg):
+        ref = rule.to_ours(ref_grads[name], cfg)
+        ours = np.asarray(grads[rule.path])
+        ours = ours if layer is None else ours[layer]
+        err = np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-12)
+        worst = max(worst, err)
+        assert err <= rel, (name, err)
+    assert worst > 0
+    return worst

@@ -8,6 +8,11 @@ processor-format edge, `hf_format.py`).
 Within a row, samples sit back to back with segment ids 1, 2, ...; each keeps its own MRoPE
 positions (restarting at 0); the media of the row share one ViT window layout whose
 full-attention segments are unique across the row, so nothing attends across samples.
+
+A row's item is a `Sample` or a *group*: a tuple of samples that share their media (a DPO
+pair: one prompt's image, two replies). A group's media enter the ViT layout once and every
+sample of the group gathers the same merged vision tokens, so the ViT and merger run once per
+group; each sample still has its own segment (a lone Sample is a group of one).
 """
 
 from __future__ import annotations
@@ -22,9 +27,25 @@ from qwen25vl_jax.data.layout import token_modalities, vision_layout
 from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.model.inputs import Batch
 
+Group = Sample | Sequence[Sample]
+
+
+def _group(item: Group) -> tuple[Sample, ...]:
+    """A row item as a tuple of samples sharing the media of its first (ValueError otherwise)."""
+    group = (item,) if isinstance(item, Sample) else tuple(item)
+    if not group:
+        raise ValueError("an empty group of samples")
+    shared = [(m.kind, m.grid) for m in group[0].media]
+    for s in group[1:]:
+        if [(m.kind, m.grid) for m in s.media] != shared:
+            raise ValueError(
+                f"a group's samples must share their media: {s.grids} vs {group[0].grids}"
+            )
+    return group
+
 
 def assemble(
-    rows: Sequence[Sequence[Sample]],
+    rows: Sequence[Sequence[Group]],
     cfg: ModelConfig,
     *,
     seq_len: int,
@@ -34,7 +55,9 @@ def assemble(
 ) -> Batch:
     """One `Batch` of B = len(rows) rows: L = seq_len tokens, N = num_slots ViT slots per row.
 
-    rows: the samples of each row (an empty row is all padding: segment ids 0, no loss).
+    rows: the items of each row, a `Sample` or a group of samples sharing their media (an empty
+    row is all padding: segment ids 0, no loss); segment ids number the samples of a row 1, 2,
+    ... in order, groups flattened.
     padding: where a row's pad tokens go: "right" (training) or "left" (generation prompts,
     so every row's last column is its last real token). pad_id: the token of pad positions
     (default: the model's <|endoftext|>, `bos_token_id`, in range for its vocabulary).
@@ -54,7 +77,9 @@ def assemble(
     vit_positions = np.zeros((b, n, 2), np.int32)
     vit_segment_ids = np.zeros((b, n), np.int32)
     supervised = np.zeros((b, length), bool)
-    for r, samples in enumerate(rows):
+    for r, items in enumerate(rows):
+        groups = [_group(item) for item in items]
+        samples = [s for g in groups for s in g]
         used = sum(s.num_tokens for s in samples)
         if used > length:
             raise ValueError(f"row {r}: {used} tokens exceed seq_len {length}")
@@ -64,7 +89,7 @@ def assemble(
             tokens[r, sl], segment_ids[r, sl] = s.input_ids, i
             positions[:, r, sl], supervised[r, sl] = s.positions, s.loss_mask
             at += s.num_tokens
-        media = [m for s in samples for m in s.media]
+        media = [m for g in groups for m in g[0].media]  # each group's media once
         if not media:
             continue
         lay = vision_layout([m.grid for m in media], cfg.vision, num_slots=n)
@@ -73,7 +98,13 @@ def assemble(
         patches[r, real] = pixels[lay.patch_src[real]]
         vit_positions[r], vit_segment_ids[r] = lay.vit_positions, lay.vit_segment_ids
         is_media = (token_modalities(tokens[r], cfg) > 0) & (segment_ids[r] > 0)
-        vision_index[r, is_media] = lay.unit_slot  # k-th media token <- k-th merge unit
+        # a group's merge units, gathered by each of its samples: k-th media token of a sample
+        # <- k-th merge unit of its group
+        ends = np.cumsum(
+            [0] + [sum(m.num_tokens(cfg.vision.merge_unit) for m in g[0].media) for g in groups]
+        )
+        units = [lay.unit_slot[ends[k] : ends[k + 1]] for k, g in enumerate(groups) for _ in g]
+        vision_index[r, is_media] = np.concatenate(units)
     # next-token targets inside each sample; supervised where the target is supervised
     same = np.zeros((b, length), bool)
     same[:, :-1] = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, :-1] > 0)

@@ -325,11 +325,32 @@ def record_to_sample(
     """One record -> `Sample` (input_ids int32[n], loss_mask bool[n], positions int32[3, n],
     media). Raises RecordError naming the record."""
     conv = parse_record(decode_record(payload, record_id), record_id)
-    media = load_media(conv, cfg, options)
+    return conversation_sample(conv, load_media(conv, cfg, options), cfg, tokenizer, options)
+
+
+def conversation_sample(
+    conv: Conversation,
+    media: list[Media],
+    cfg: ModelConfig,
+    tokenizer: Any,
+    options: RecordOptions,
+    *,
+    upto: int | None = None,
+) -> Sample:
+    """A parsed record with its loaded media -> `Sample`, grounding rescaled as `options` say.
+    upto: encode only the first `upto` messages, ending with the assistant header (a prompt).
+    Raises RecordError "malformed" naming the record."""
     messages = conv.messages
     if options.ground_coords == "original":
         messages = ground_messages(conv, media, cfg.vision.patch_size)
     try:
-        return encode_sample(cfg, tokenizer, messages, media, default_system=options.default_system)
+        return encode_sample(
+            cfg,
+            tokenizer,
+            messages[:upto],
+            media,
+            add_generation_prompt=upto is not None,
+            default_system=options.default_system,
+        )
     except ValueError as err:  # vision tokens written in the text, and the like
         raise RecordError(conv.record_id, "malformed", str(err)) from err

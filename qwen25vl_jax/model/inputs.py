@@ -1,5 +1,6 @@
 """The batch schema: `ModelInputs` (the fixed-shape arrays the compiled model consumes) and
-`Batch` (plus the training targets), each field declaring its logical axes once.
+`Batch` (plus the training targets), each field declaring its logical axes once;
+`PreferenceBatch` (plus the pairs of a preference loss).
 
 Everything that depends on a field's axes is derived from that declaration: shardings
 (`field_shardings`), placement on a mesh (`place`), and micro-batching (`split_batch`); the batch
@@ -66,6 +67,21 @@ class Batch(ModelInputs):
 
     targets: np.ndarray = _axes("batch", "length")
     loss_mask: np.ndarray = _axes("batch", "length")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PreferenceBatch(Batch):
+    """`Batch` plus what a preference loss (DPO) reads; P = pairs per row, fixed by config.
+
+    pair_segments: int32[B, P, 2], the segment ids in its row of pair p's chosen ([..., 0]) and
+    rejected ([..., 1]) sample; 0 = no pair (pair p is valid where pair_segments[..., 0] > 0).
+    ref_logps: float32[B, P, 2], the reference model's log-probs of the chosen / rejected
+    replies, summed over their supervised tokens (0 until a reference fills them in).
+    """
+
+    pair_segments: np.ndarray = _axes("batch", None, None)
+    ref_logps: np.ndarray = _axes("batch", None, None)
 
 
 def _build(cls: type[T], value: Callable[[dataclasses.Field], Any]) -> T:
