@@ -1,9 +1,9 @@
 """Mesh construction and the one logical-axis rules table.
 
 Parameters and activations are annotated with *logical* axis names (`embed`, `mlp`, `heads` ...);
-`RULES` maps each to mesh axes (`data`, `fsdp`, `tensor`). A dimension that a mesh axis does not
-divide falls back to replicated on that axis (tiny test models, the 3-head ViT of a test config),
-so one rules table serves every model size and mesh shape.
+`RULES` maps each to mesh axes (`data`, `fsdp`, `context`, `tensor`). A dimension that a mesh
+axis does not divide falls back to replicated on that axis (tiny test models, the 3-head ViT of a
+test config), so one rules table serves every model size and mesh shape.
 """
 
 from __future__ import annotations
@@ -15,13 +15,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `context` splits activations along the sequence (the decoder's tokens, the ViT's slots); it
+# sits next to `tensor` so a context group is close in the device order (ring neighbours).
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 # logical name -> mesh axes it is split over (in order), as MaxText's logical_axis_rules.
 RULES: dict[str, tuple[str, ...]] = {
     # activations
     "batch": ("data", "fsdp"),
-    "length": (),
+    "length": ("context",),  # decoder tokens [B, L]: L split over `context`
+    "vit_length": ("context",),  # ViT slots [B, N] (window layout): whole windows per shard
     "act_embed": (),
     "act_heads": ("tensor",),
     "act_vocab": ("tensor",),
@@ -43,12 +46,17 @@ RULES: dict[str, tuple[str, ...]] = {
 
 
 def make_mesh(
-    data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    context: int = 1,
 ) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices; one axis may be -1, taking
-    the devices the others leave."""
+    """A (data, fsdp, context, tensor) mesh over all (or the given) devices; one axis may be -1,
+    taking the devices the others leave. context: devices that split each sequence."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = [data, fsdp, tensor]
+    sizes = [data, fsdp, context, tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     if -1 in sizes:
@@ -107,3 +115,12 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def context_size(mesh=None) -> int:
+    """Devices along the `context` axis of `mesh` (default: the ambient abstract mesh); 1 when
+    there is no mesh or no such axis."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    if mesh.empty or "context" not in mesh.axis_names:
+        return 1
+    return int(dict(mesh.shape)["context"])

@@ -20,6 +20,12 @@ Query rows of segment 0 (padding) have no key to attend to: `xla` and `cudnn` re
 of the values there (the finite mask constant), the kernels return zeros. Nothing reads them.
 A call whose queries are not the keys themselves (T != S: a decode step against the cache) is
 linear in S, and every backend computes it with the `xla` maths.
+
+Context parallelism: when the ambient mesh splits the sequence over a `context` axis of c > 1
+devices (and T == S, divisible by c), each device keeps its T / c queries and meets every key
+block through `context_attention.py`: a ring (`context="ring"`) or an all-gather of the keys
+and values (`"all_gather"`), both with `xla` blocks whatever the backend. A caller whose T axis
+is not the split sequence (the ViT's windows) passes `context=None`.
 """
 
 from __future__ import annotations
@@ -40,6 +46,13 @@ class Backend(enum.StrEnum):
     SPLASH = "splash"
 
 
+class ContextImpl(enum.StrEnum):
+    """How queries meet the keys of other `context` shards (`context_attention.py`)."""
+
+    RING = "ring"
+    ALL_GATHER = "all_gather"
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -52,16 +65,35 @@ def attention(
     q_offset: int | jax.Array | None = None,
     kv_heads_major: bool = False,
     backend: Backend | str = Backend.XLA,
+    context: ContextImpl | str | None = ContextImpl.RING,
 ) -> jax.Array:
     """Grouped-query attention of q [B, T, N, H] over k, v [B, S, K, H] (N % K == 0).
 
     q_segments: int [B, T]; kv_segments: int [B, S] (0 = padding: never attended to).
     causal: a query at slot `q_offset + t` attends to key slots <= it; q_offset: int or traced
     int32[] (default S - T: the queries are the last T keys). kv_heads_major: k, v are laid
-    out [B, K, S, H] (the KV cache's layout). Returns [B, T, N, H] in q's dtype.
+    out [B, K, S, H] (the KV cache's layout). context: how to attend across the ambient mesh's
+    `context` axis when it splits T (None: T is not the split sequence, e.g. ViT windows).
+    Returns [B, T, N, H] in q's dtype.
     """
     backend = Backend(backend)
     t, s = q.shape[1], k.shape[2 if kv_heads_major else 1]
+    if context is not None and t == s and not kv_heads_major and q_offset is None:
+        from qwen25vl_jax.model import context_attention as ca  # imports this module
+        from qwen25vl_jax.sharding import context_size
+
+        c = context_size()
+        if c > 1 and t % c == 0:
+            return ca.context_attention(
+                q,
+                k,
+                v,
+                q_segments=q_segments,
+                kv_segments=kv_segments,
+                causal=causal,
+                scale=scale,
+                impl=ContextImpl(context),
+            )
     if backend in (Backend.PALLAS_GPU, Backend.SPLASH) and t == s and not kv_heads_major:
         # imported here: the kernel modules import NEG_INF from this one
         if backend == Backend.PALLAS_GPU:
@@ -88,14 +120,30 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
     Heads-major layout: both einsums are plain batched matmuls over (B, K); with the
     sequence-major layout XLA CPU inserts transposes around them (2x slower, measured).
     """
-    b, t, n, h = q.shape
-    kh = k.shape[1]
-    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
-    logits = jnp.einsum("BKGTH,BKSH->BKGTS", qg, k, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None, None], logits, NEG_INF)
+    logits = masked_logits(group_queries(q, k.shape[1], scale), k, mask)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("BKGTS,BKSH->BKGTH", probs, v)  # [B, K, G, T, H]
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h).astype(q.dtype)
+    return ungroup_heads(out).astype(q.dtype)
+
+
+def group_queries(q: jax.Array, kv_heads: int, scale: float) -> jax.Array:
+    """Scaled queries q [B, T, N, H] grouped by their key/value head: [B, K, G, T, H]."""
+    b, t, n, h = q.shape
+    qg = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv_heads, n // kv_heads, h)
+    return qg.transpose(0, 2, 3, 1, 4)
+
+
+def ungroup_heads(out: jax.Array) -> jax.Array:
+    """[B, K, G, T, H] -> [B, T, N = K * G, H] (inverse of `group_queries`' layout)."""
+    b, kh, g, t, h = out.shape
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, kh * g, h)
+
+
+def masked_logits(qg: jax.Array, k: jax.Array, mask: jax.Array) -> jax.Array:
+    """float32 [B, K, G, T, S] logits of grouped queries qg [B, K, G, T, H] against heads-major
+    keys k [B, K, S, H]; NEG_INF where mask (bool [B, T, S]) is False."""
+    logits = jnp.einsum("BKGTH,BKSH->BKGTS", qg, k, preferred_element_type=jnp.float32)
+    return jnp.where(mask[:, None, None], logits, NEG_INF)
 
 
 def segment_mask(q_segments, kv_segments, *, causal: bool, q_offset=None) -> jax.Array:

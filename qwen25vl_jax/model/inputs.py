@@ -45,9 +45,9 @@ class ModelInputs:
     segment_ids: np.ndarray = _axes("batch", "length")
     positions: np.ndarray = _axes(None, "batch", "length")
     vision_index: np.ndarray = _axes("batch", "length")
-    patches: np.ndarray = _axes("batch", None, None)
-    vit_positions: np.ndarray = _axes("batch", None, None)
-    vit_segment_ids: np.ndarray = _axes("batch", None)
+    patches: np.ndarray = _axes("batch", "vit_length", None)
+    vit_positions: np.ndarray = _axes("batch", "vit_length", None)
+    vit_segment_ids: np.ndarray = _axes("batch", "vit_length")
 
     @property
     def inputs(self) -> ModelInputs:

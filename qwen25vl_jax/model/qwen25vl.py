@@ -13,6 +13,7 @@ from qwen25vl_jax.model.inputs import ModelInputs
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.rope import mrope
 from qwen25vl_jax.model.vision import VisionTower
+from qwen25vl_jax.sharding import constrain
 
 
 class Qwen25VL(nnx.Module):
@@ -31,6 +32,9 @@ class Qwen25VL(nnx.Module):
         if inputs.patches.shape[1] == 0:  # static: a text-only batch skips the ViT
             return x
         merged = self.visual(inputs.patches, inputs.vit_positions, inputs.vit_segment_ids, opts)
+        # every sequence shard may read any merged token: gather them (N / 4 x D, small)
+        # rather than leave XLA to route the [B, L] gather across the `context` split
+        merged = constrain(merged, ("batch", None, "act_embed"))
         idx = jnp.maximum(inputs.vision_index, 0)[..., None]
         gathered = jnp.take_along_axis(merged, idx, axis=1).astype(x.dtype)
         return jnp.where(inputs.vision_index[..., None] >= 0, gathered, x)

@@ -5,6 +5,10 @@ patches into windows of `S = (window_size / patch_size)^2` slots (64 for the rel
 ragged border windows. Windowed blocks attend inside each [S] window (cost linear in patches);
 full-attention blocks attend over the whole row, restricted by segment ids to one image or one
 video frame (the reference's full-attention segments are per temporal slice).
+
+Under a mesh with a `context` axis the slots N are split over it: windowed blocks stay local to
+each shard (windows are contiguous runs of S slots), full blocks attend across shards through
+`attention`'s context path (an image or a video frame may span shards).
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from qwen25vl_jax.model.merger import PatchMerger
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.remat import remat
 from qwen25vl_jax.model.rope import apply_rope, vision_rope
+from qwen25vl_jax.sharding import constrain
+
+# ViT activations [B, N, D]: N split over `context` (whole windows per shard when N is a
+# multiple of context x window_patches, so windowed blocks need no communication)
+VIT_ACT = ("batch", "vit_length", "act_embed")
 
 
 class VisionBlocks(nnx.Module):
@@ -70,12 +79,14 @@ def vision_block(p: dict, x, cos, sin, segment_ids, *, full: bool, cfg: VisionCo
         s = cfg.window_patches
         win = lambda t: t.reshape(b * n // s, s, *t.shape[2:])  # [B*W, S, ...]
         seg = win(segment_ids)
-        o = attention(win(q), win(k), win(v), q_segments=seg, kv_segments=seg, **opts)
+        # context=None: a window's S slots are not the split sequence (windows are)
+        o = attention(win(q), win(k), win(v), q_segments=seg, kv_segments=seg, context=None, **opts)
         o = o.reshape(b, n, *o.shape[2:])
     x = x + project(o, p["proj_kernel"], in_axes=2) + p["proj_bias"]
     y = rms_norm(x, p["norm2"], eps)
     mlp_bias = (p["gate_bias"], p["up_bias"], p["down_bias"])
-    return x + swiglu(y, p["gate_kernel"], p["up_kernel"], p["down_kernel"], mlp_bias)
+    out = x + swiglu(y, p["gate_kernel"], p["up_kernel"], p["down_kernel"], mlp_bias)
+    return constrain(out, VIT_ACT)
 
 
 class VisionTower(nnx.Module):
@@ -97,6 +108,7 @@ class VisionTower(nnx.Module):
         """
         cfg, dtype = self.cfg, opts.dtype
         x = jnp.einsum("BNP,PD->BND", patches.astype(dtype), self.patch_embed[...].astype(dtype))
+        x = constrain(x, VIT_ACT)
         cos, sin = vision_rope(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta)
         stacked = cast(nnx.to_pure_dict(nnx.state(self.blocks)), dtype)
         # one scan per run of consecutive blocks of the same kind (window / full): the kind is

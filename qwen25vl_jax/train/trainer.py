@@ -204,7 +204,10 @@ class Trainer:
         )
 
     def step(self, state: step_lib.TrainState, local: Batch):
-        return self._step(state, self.global_batch(local))
+        # the ambient mesh: the model's sharding constraints and its context-parallel
+        # attention (a `context` axis) read it when the step is traced
+        with jax.set_mesh(self.mesh):
+            return self._step(state, self.global_batch(local))
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, state: step_lib.TrainState, data_state: dict | None, *, force=False) -> bool:
