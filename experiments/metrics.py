@@ -15,9 +15,12 @@ anything, so a model must beat both.
 from __future__ import annotations
 
 import collections
-import re
 
 import numpy as np
+
+# the answer readers are the library's (the RL rewards read answers the same way)
+from qwen25vl_jax.inference.grounding import box_iou
+from qwen25vl_jax.train.rewards import parse_number  # noqa: F401 (eval reads it here)
 
 # metric -> (task, "higher" / "lower" is better, description)
 METRICS = {
@@ -32,24 +35,6 @@ BASELINES = {
     "counting": {"most frequent count": "mode_count"},
     "timing": {"mean time": "mean_time", "median time": "median_time"},
 }
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def box_iou(a, b) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes; 0 when either has no area."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])
-    union = area(a) + area(b) - iw * ih
-    return float(iw * ih / union) if union > 0 else 0.0
-
-
-def parse_number(text: str) -> float | None:
-    """The first number in `text`, or None."""
-    m = _NUMBER.search(text)
-    return float(m.group()) if m else None
 
 
 def grounding_metrics(pred_boxes, true_boxes) -> dict[str, float]:

@@ -134,8 +134,9 @@ def _media_ref(kind: str, entry: Any, rid: str) -> MediaRef:
     raise RecordError(rid, "malformed", f"{kind} entry must be a path or a dict: {entry!r}")
 
 
-def parse_record(record: Any, record_id: str) -> Conversation:
-    """A record (decoded JSON) -> `Conversation`. Raises RecordError (no media is opened)."""
+def parse_record(record: Any, record_id: str, *, require_reply: bool = True) -> Conversation:
+    """A record (decoded JSON) -> `Conversation`. Raises RecordError (no media is opened).
+    require_reply=False: a prompt without an assistant turn is accepted (RL prompts)."""
     rid = record_id
     if not isinstance(record, Mapping):
         raise RecordError(rid, "malformed", f"expected a JSON object, got {type(record).__name__}")
@@ -199,7 +200,7 @@ def parse_record(record: Any, record_id: str) -> Conversation:
                 "placeholder_mismatch",
                 f"{used[kind]} <{kind}> placeholder(s) but {len(listed[kind])} {kind}(s) listed",
             )
-    if not any(m["role"] == "assistant" for m in messages):
+    if require_reply and not any(m["role"] == "assistant" for m in messages):
         raise RecordError(rid, "empty_reply", "no assistant reply")
     return Conversation(rid, messages, tuple(media))
 

@@ -35,7 +35,7 @@ from qwen25vl_jax.data.assemble import assemble
 from qwen25vl_jax.data.hf_format import samples_from_hf
 from qwen25vl_jax.data.sample import Sample
 from qwen25vl_jax.inference.kv_cache import KVCache, init_cache
-from qwen25vl_jax.inference.sampling import Sampling, sample
+from qwen25vl_jax.inference.sampling import Sampling, sample, token_logprob
 from qwen25vl_jax.model.inputs import ModelInputs, place
 from qwen25vl_jax.model.layers import cast
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
@@ -115,15 +115,17 @@ def prepare_batch(
 class DecodeState:
     """Everything the decode step carries.
 
-    cache: the KV cache; tokens: int32[B, T] output buffer (pad-filled); logits: float32[B, T, V]
-    or None; step: int32[] tokens produced so far; last: int32[B] the last token produced (the
-    next input); pos: int32[B] its text position; deltas: int32[B] rope_deltas; done: bool[B];
-    key: the PRNG key (step s samples with fold_in(key, s)); stop: int32[MAX_STOP_TOKENS] stop
-    ids (-1 = none); pad: int32[] the token emitted by finished rows.
+    cache: the KV cache; tokens: int32[B, T] output buffer (pad-filled); logprobs: float32[B, T]
+    their log-probs (`GenerateOutput`); logits: float32[B, T, V] or None; step: int32[] tokens
+    produced so far; last: int32[B] the last token produced (the next input); pos: int32[B]
+    its text position; deltas: int32[B] rope_deltas; done: bool[B]; key: the PRNG key (step s
+    samples with fold_in(key, s)); stop: int32[MAX_STOP_TOKENS] stop ids (-1 = none); pad:
+    int32[] the token emitted by finished rows.
     """
 
     cache: KVCache
     tokens: jax.Array
+    logprobs: jax.Array
     logits: jax.Array | None
     step: jax.Array
     last: jax.Array
@@ -147,14 +149,17 @@ def _record(ds: DecodeState, logits: jax.Array, st: _Static) -> DecodeState:
     """Chooses token `ds.step` from logits [B, V], writes it and advances the step."""
     tok = sample(logits, jax.random.fold_in(ds.key, ds.step), st.sampling)
     tok = jnp.where(ds.done, ds.pad, tok)
+    logp = jnp.where(ds.done, 0.0, token_logprob(logits, tok, st.sampling))
     done = ds.done | jnp.isin(tok, ds.stop)
-    tokens = jax.lax.dynamic_update_slice_in_dim(ds.tokens, tok[:, None], ds.step, axis=1)
-    out_logits = ds.logits
-    if out_logits is not None:
-        out_logits = jax.lax.dynamic_update_slice_in_dim(out_logits, logits[:, None], ds.step, 1)
+
+    def put(buf, x):  # column `ds.step` of a [B, T, ...] buffer <- x [B, ...]
+        return jax.lax.dynamic_update_slice_in_dim(buf, x[:, None], ds.step, axis=1)
+
+    out_logits = None if ds.logits is None else put(ds.logits, logits)
     return dataclasses.replace(
-        ds, tokens=tokens, logits=out_logits, step=ds.step + 1, last=tok, done=done
-    )
+        ds, tokens=put(ds.tokens, tok), logprobs=put(ds.logprobs, logp), logits=out_logits,
+        step=ds.step + 1, last=tok, done=done,
+    )  # fmt: skip
 
 
 def _prefill(
@@ -188,6 +193,7 @@ def _prefill(
     ds = DecodeState(
         cache=cache,
         tokens=jnp.full((b, out_len), pad, jnp.int32),
+        logprobs=jnp.zeros((b, out_len), jnp.float32),
         logits=jnp.zeros((b, out_len, logits.shape[-1]), jnp.float32) if return_logits else None,
         step=jnp.zeros((), jnp.int32),
         last=jnp.zeros((b,), jnp.int32),
@@ -236,12 +242,15 @@ decode_loop_fn = jax.jit(_decode_loop, static_argnames=_STATIC, donate_argnames=
 # ---- the user-facing object -------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class GenerateOutput:
-    """tokens: int32[B, max_new_tokens] (pad after a row's stop token); logits: float32[B,
-    max_new_tokens, V] or None (rows past their end hold junk); num_tokens: int[B] tokens up to
-    and including the stop token; steps: tokens produced per row before the loop ended (less
-    than max_new_tokens when every row stopped early); prompt_len: the bucketed prompt length."""
+    """tokens: int32[B, max_new_tokens] (pad after a row's stop token); logprobs: float32[B,
+    max_new_tokens], each token's log-prob under softmax(logits / temperature), before top-k /
+    top-p (`sampling.token_logprob`; 0 after the stop); logits: float32[B, max_new_tokens, V]
+    or None (rows past their end hold junk); num_tokens: int[B] tokens up to and including the
+    stop token; steps: tokens produced per row before the loop ended (less than max_new_tokens
+    when every row stopped early); prompt_len: the bucketed prompt length."""
 
     tokens: np.ndarray
+    logprobs: np.ndarray
     logits: np.ndarray | None
     num_tokens: np.ndarray
     steps: int
@@ -281,6 +290,16 @@ class Generator:
         self.graphdef, state = nnx.split(model)
         state = cast(state, jnp.dtype(weights_dtype or opts.dtype))
         self.state = state if mesh is None else jax.device_put(state, state_shardings(state, mesh))
+
+    @classmethod
+    def on_params(cls, graphdef: nnx.GraphDef, params: dict, *, mesh=None, **kw) -> Generator:
+        """A generator over the nested dict `params` as it is (e.g. `TrainState.params`: the
+        trainer's sharded arrays, not copied nor moved); assign `.state` the new dict after an
+        update (same shapes and shardings: no recompilation). kw: as the constructor."""
+        kw.setdefault("weights_dtype", jnp.float32)  # masters as they are: no cast copy
+        gen = cls(nnx.merge(graphdef, params), **kw)  # merge references the arrays
+        gen.graphdef, gen.state, gen.mesh = graphdef, params, mesh
+        return gen
 
     def prepare(
         self, prompts: Sequence[Sample] | Mapping[str, np.ndarray] | PreparedBatch
@@ -392,4 +411,5 @@ class Generator:
         is_stop = np.isin(tokens, np.asarray(ds.stop))
         num = np.where(is_stop.any(1), is_stop.argmax(1) + 1, n)
         logits = None if ds.logits is None else np.asarray(ds.logits)[:, :n]
-        return GenerateOutput(tokens, logits, num, int(ds.step), batch.prompt_len)
+        logprobs = np.asarray(ds.logprobs)[:, :n]
+        return GenerateOutput(tokens, logprobs, logits, num, int(ds.step), batch.prompt_len)

@@ -154,6 +154,16 @@ def clip_to_image(
     return out
 
 
+def box_iou(a, b) -> float:
+    """IoU of two (x1, y1, x2, y2) boxes; 0 when either has no area."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = lambda r: max(0.0, r[2] - r[0]) * max(0.0, r[3] - r[1])  # noqa: E731
+    union = area(a) + area(b) - iw * ih
+    return float(iw * ih / union) if union > 0 else 0.0
+
+
 def ground(text: str, resized_hw: tuple[int, int], original_hw: tuple[int, int]) -> Grounding:
     """parse -> map from the resized to the original image -> clip to it."""
     parsed = parse_grounding(text)

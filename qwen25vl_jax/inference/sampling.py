@@ -56,6 +56,17 @@ def warp_logits(logits: jax.Array, params: Sampling) -> jax.Array:
     return logits
 
 
+def token_logprob(logits: jax.Array, tokens: jax.Array, params: Sampling) -> jax.Array:
+    """log p(tokens) float32[B] under softmax(logits [B, V] / temperature) (temperature 1 when
+    greedy): the temperature-scaled distribution *before* top-k / top-p truncation. That is the
+    quantity a policy-gradient trainer can recompute from its hidden states (`train/grpo.py`:
+    logits / temperature, chunked) without a sort over the vocabulary per position; with top-k
+    and top-p off it is exactly the distribution sampled from."""
+    scale = 1.0 if params.greedy else params.temperature
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / scale, axis=-1)
+    return jnp.take_along_axis(logp, tokens[:, None].astype(jnp.int32), -1)[:, 0]
+
+
 def sample(logits: jax.Array, key: jax.Array, params: Sampling) -> jax.Array:
     """Next tokens int32[B] from float32 logits [B, V]; `key` is used only when sampling."""
     if params.greedy:
