@@ -101,6 +101,10 @@ def check_data_config(c) -> None:
         )
     if c.data.source not in ("records", "synthetic"):
         raise InputError(f"--config.data.source={c.data.source!r}: expected records or synthetic")
+    if c.train.objective not in OBJECTIVES:
+        raise InputError(f"--config.train.objective={c.train.objective!r}: expected {OBJECTIVES}")
+    if c.train.objective == "dpo" and c.data.source != "records":
+        raise InputError("--config.train.objective=dpo trains on preference records (data.paths)")
     if c.data.source == "records" and not c.data.paths:
         raise InputError(
             "--config.data.paths is empty: give JSONL / ArrayRecord files (globs, "
@@ -157,6 +161,11 @@ def make_data(c, model_cfg: ModelConfig):
     with input_errors(OSError, ValueError, prefix="--config.data.tokenizer_dir: "):
         tokenizer = pipeline_tokenizer(pipe)
     check_vocabulary(tokenizer, model_cfg, d.tokenizer_dir or "Qwen2.5 (offline)")
+    if c.train.objective == "dpo":  # preference pairs, both replies of a pair in one row
+        from qwen25vl_jax.data.preference_pipeline import make_preference_iterator
+
+        pairs = c.dpo.pairs_per_row
+        return make_preference_iterator(pipe, model_cfg, tokenizer, pairs_per_row=pairs)
     return make_train_iterator(pipe, model_cfg, tokenizer=tokenizer)
 
 
@@ -180,6 +189,37 @@ def train(c, workdir: str) -> list[float]:
             data.close()
 
 
+OBJECTIVES = ("next_token", "dpo")
+
+
+def make_objective(c):
+    """The `Objective` of `train.objective` (None: the trainer's next-token default)."""
+    if c.train.objective != "dpo":
+        return None
+    from qwen25vl_jax.train.dpo import DPOConfig, DPOLoss
+
+    with input_errors(ValueError):
+        return DPOLoss.from_config(from_plain(DPOConfig, c.dpo.to_dict(), where="dpo"),
+                                   chunk=c.step.loss_chunk)  # fmt: skip
+
+
+def dpo_reference(c, trainer: Trainer, params, model_cfg: ModelConfig, workdir: str):
+    """DPO's reference (`train/dpo_reference.py`): the initial weights (`params`, else the
+    random init of model.init_seed), kept on the mesh or scored over the run's batches first."""
+    from qwen25vl_jax.train import dpo_reference as ref
+
+    initial = trainer.initial_params(params, c.model.init_seed)
+    chunk = c.step.loss_chunk
+    if c.dpo.reference == "weights":
+        return ref.WeightsReference(trainer, initial, chunk)
+    batches = make_data(c, model_cfg)  # a fresh iterator: the batches of steps 0, 1, ...
+    try:
+        return ref.precompute(trainer, initial, batches, c.train.steps, workdir, chunk)
+    finally:  # stops its Grain workers now
+        if hasattr(batches, "close"):
+            batches.close()
+
+
 def next_batch(data, step: int, steps: int):
     try:
         return next(data)
@@ -197,6 +237,7 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         mesh,
         workdir,
         step=from_plain(StepConfig, c.step.to_dict(), where="step"),
+        objective=make_objective(c),
         save_every=c.train.save_every,
         keep=c.train.keep,
         async_save=c.train.async_save,
@@ -213,6 +254,9 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
     else:  # the first batch is read before the model is initialised: bad data fails fast
         pending = next_batch(data, 0, c.train.steps) if c.train.steps > 0 else None
         state = trainer.init_state(params, seed=c.train.seed, init_seed=c.model.init_seed)
+    reference = None
+    if c.train.objective == "dpo":
+        reference = dpo_reference(c, trainer, params, model_cfg, workdir)
     del params
     writer = MetricWriter(workdir)
     meter = Throughput(
@@ -226,7 +270,9 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         batch = pending if pending is not None else next_batch(data, step, c.train.steps)
         pending = None
         f = batch_flops(model_cfg, batch, optim)["total"] * jax.process_count()
-        state, metrics = trainer.step(state, batch)
+        if reference is not None:  # DPO: the reference's log-probs of this batch's pairs
+            batch = reference.fill(step, batch)
+        state, metrics = trainer.step(state, batch, reference and reference.prepare)
         step += 1
         flops, since = flops + f, since + 1
         real += float((batch.segment_ids > 0).sum()) * jax.process_count()

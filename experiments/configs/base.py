@@ -11,6 +11,7 @@ an error naming it):
          architecture; init_seed draws the random weights (default: train.seed)
   optim  `OptimConfig`      run   `RunOptions` (compute dtype, attention backend, remat)
   step   `StepConfig` (gradient accumulation, loss chunk)
+  dpo    `DPOConfig` (beta, loss type, reference mode, pairs per row) when train.objective=dpo
   data   the input pipeline plus `RecordOptions` (pixel budgets, video sampling, grounding)
   train, mesh   the loop and the device mesh
 """
@@ -25,6 +26,7 @@ import ml_collections
 from qwen25vl_jax.data.records import RecordOptions
 from qwen25vl_jax.dataclass_dict import as_plain, from_plain
 from qwen25vl_jax.model.options import RunOptions
+from qwen25vl_jax.train.dpo import DPOConfig
 from qwen25vl_jax.train.optimizer import OptimConfig
 from qwen25vl_jax.train.trainer import StepConfig
 
@@ -65,6 +67,9 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
             "save_every": 500,
             "keep": 3,
             "async_save": True,
+            # what a step minimises: "next_token" (pre-training, SFT) or "dpo" (preference
+            # pairs; the `dpo` section)
+            "objective": "next_token",
         }
     )
     c.model = ml_collections.ConfigDict(
@@ -79,6 +84,7 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c.optim = section(OptimConfig())
     c.run = section(RunOptions(dtype="bfloat16", remat="none" if size == "tiny" else "full"))
     c.step = section(StepConfig())
+    c.dpo = section(DPOConfig())
     # -1: the devices the other axes leave (tiny: all on data; real sizes: all on fsdp)
     c.mesh = ml_collections.ConfigDict(
         {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "tensor": tensor}

@@ -126,16 +126,17 @@ def _materialize_lazy_attributes(ds: Any) -> None:
         todo += list(getattr(node, "_parents", ()))
 
 
-def build_dataset(
+def preprocessed_stream(
     config: PipelineConfig,
-    cfg: ModelConfig,
-    tokenizer: Any,
+    preprocess: Any,
     *,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> PackIterDataset:
-    """The pipeline as a Grain IterDataset; shard = (process_index, process_count), by default
-    this JAX process's (``jax.process_index()``, ``jax.process_count()``)."""
+) -> tuple[grain.IterDataset, grain.MapDataset]:
+    """Records shuffled, repeated, sharded and mapped by `preprocess` (in worker processes when
+    configured): (the stream to iterate, the MapDataset it iterates, for lookups by index).
+    Shard = (process_index, process_count), by default this JAX process's. Every packer (SFT
+    samples, DPO pairs) reads from here."""
     if process_index is None or process_count is None:
         import jax
 
@@ -151,7 +152,7 @@ def build_dataset(
     if config.num_epochs != 1:
         ds = ds.repeat(config.num_epochs)  # reshuffles every epoch
     ds = ds[process_index::process_count]  # disjoint shards that cover every (epoch, record)
-    ds = ds.map_with_index(Preprocess(cfg, tokenizer, config))
+    ds = ds.map_with_index(preprocess)
     it = ds.to_iter_dataset(grain.ReadOptions(config.read_threads, config.prefetch))
     if config.num_workers > 0:
         from absl import flags
@@ -162,6 +163,25 @@ def build_dataset(
         buffer = config.worker_buffer_size or max(2, -(-config.lookahead // config.num_workers))
         opts = grain.MultiprocessingOptions(config.num_workers, buffer)
         it = it.mp_prefetch(opts)
+    return it, ds
+
+
+def build_dataset(
+    config: PipelineConfig,
+    cfg: ModelConfig,
+    tokenizer: Any,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> PackIterDataset:
+    """The pipeline as a Grain IterDataset; shard = (process_index, process_count), by default
+    this JAX process's (``jax.process_index()``, ``jax.process_count()``)."""
+    it, ds = preprocessed_stream(
+        config,
+        Preprocess(cfg, tokenizer, config),
+        process_index=process_index,
+        process_count=process_count,
+    )
     return PackIterDataset(
         it,
         ds,

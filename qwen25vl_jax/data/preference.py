@@ -63,14 +63,17 @@ class Pair:
 
 
 def _turns(value: Any, rid: str, key: str) -> list:
-    """A prompt or reply as a list of turns: a string is one turn of the default role."""
-    if isinstance(value, str):
+    """A prompt or reply as a list of turns: a `prompt` / reply string is one user / assistant
+    turn, a reply may be one message; `messages` / `conversations` are lists as in SFT."""
+    single = key in ("prompt", "chosen", "rejected")
+    if isinstance(value, str) and single:
         return [{"role": "user" if key == "prompt" else "assistant", "content": value}]
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and single:
         return [value]
     if isinstance(value, list) and value:
         return value
-    raise RecordError(rid, "malformed", f"'{key}' must be a string, a message or a message list")
+    what = "a string, a message or a non-empty message list" if single else "a non-empty list"
+    raise RecordError(rid, "malformed", f"'{key}' must be {what}")
 
 
 def parse_preference(record: Any, record_id: str) -> tuple[Conversation, Conversation, int]:

@@ -150,14 +150,7 @@ class Trainer:
         """A fresh state (step 0, PRNG key of `seed`) from `params` (the nested parameter dict
         of `nnx.to_pure_dict`, any placement), else random weights drawn with `init_seed`
         (default `seed`)."""
-        if params is None:
-            seed_of_init = seed if init_seed is None else init_seed
-            flat = init_params(self.model_cfg, seed_of_init, self.param_shardings)
-        else:
-            flat = {
-                k: jax.device_put(jnp.asarray(v, jnp.float32), self.param_shardings[k])
-                for k, v in flatten(params).items()
-            }
+        flat = self.initial_params(params, seed if init_seed is None else init_seed)
         trainable, frozen = split_trainable(flat, self.optim)
         opt_state = jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(
             trainable
@@ -165,6 +158,17 @@ class Trainer:
         rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), self.replicated)
         step = jax.device_put(jnp.zeros((), jnp.int32), self.replicated)
         return step_lib.TrainState(step, trainable, frozen, opt_state, rng)
+
+    def initial_params(self, params: dict | None, init_seed: int) -> dict[str, jax.Array]:
+        """Flat float32 weights {path: array} in their shards: `params` (the nested dict of
+        `nnx.to_pure_dict`, any placement), else random weights drawn with `init_seed` (the
+        same every call: DPO's reference is the initial weights, also after a resume)."""
+        if params is None:
+            return init_params(self.model_cfg, init_seed, self.param_shardings)
+        return {
+            k: jax.device_put(jnp.asarray(v, jnp.float32), self.param_shardings[k])
+            for k, v in flatten(params).items()
+        }
 
     def abstract_state(self) -> step_lib.TrainState:
         """The state as `jax.ShapeDtypeStruct`s with their shardings (nothing allocated): what
@@ -203,11 +207,14 @@ class Trainer:
             local,
         )
 
-    def step(self, state: step_lib.TrainState, local: Batch):
+    def step(self, state: step_lib.TrainState, local: Batch, prepare=None):
+        """One step on this process's rows `local`. prepare: a function of the global batch
+        run on the mesh before the step (DPO's reference forward fills `ref_logps`)."""
         # the ambient mesh: the model's sharding constraints and its context-parallel
         # attention (a `context` axis) read it when the step is traced
         with jax.set_mesh(self.mesh):
-            return self._step(state, self.global_batch(local))
+            batch = self.global_batch(local)
+            return self._step(state, batch if prepare is None else prepare(batch))
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, state: step_lib.TrainState, data_state: dict | None, *, force=False) -> bool:
