@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: setup test lint format demo demo-convert
+.PHONY: setup test lint format demo demo-convert demo-rl
 
 $(VENV_STAMP): requirements.txt requirements-test.txt pyproject.toml
 	python3 -m venv .venv
@@ -27,6 +27,11 @@ test: lint
 # the main job: synthetic data -> training from scratch -> evaluation, ~10 minutes on 2 CPU cores
 demo: setup
 	JAX_PLATFORMS=cpu $(PY) -m experiments.demo
+
+# GRPO from the main job's SFT checkpoint (out/demo, after `make demo`) on its grounding and
+# counting prompts: held-out metrics of both checkpoints side by side, reward curves
+demo-rl: setup
+	JAX_PLATFORMS=cpu $(PY) -m experiments.demo_rl
 
 # a random model with the real vocabulary -> Orbax -> Hugging Face export -> score an image
 demo-convert: setup

@@ -83,15 +83,8 @@ def _dashed(draw, segment, colour, dash: float = 6.0) -> None:
 def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -> None:
     """Writes the PNG of `size` (width, height): a loss panel, then one panel per metric of
     `METRICS` that `points` hold (model in blue, baseline in red, dashed). Written atomically."""
-    from PIL import Image, ImageDraw
-
     names = [m for m in METRICS if any(m in p["metrics"] for p in points)]
-    rows = -(-(1 + len(names)) // PANEL_COLS)
-    w, h = size
-    pw, ph = w // PANEL_COLS, (h - 24) // rows
-    canvas = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((8, 6), "blue: model; red, dashed: its strongest trivial baseline", fill="black")
+    legend = "blue: model; red, dashed: its strongest trivial baseline"
     steps = [s for s, _ in losses] + [p["step"] for p in points]
     x_range = (min(steps, default=0), max(steps, default=1))
     panels = [("training loss", [(list(losses), MODEL_COLOUR, False)])]
@@ -112,6 +105,20 @@ def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -
                 [(model, MODEL_COLOUR, False), (base, BASELINE_COLOUR, True)],
             )
         )
+    draw_panels(panels, path, legend, x_range, size)
+
+
+def draw_panels(panels, path: str, legend: str, x_range, size=(960, 540)) -> None:
+    """Writes a PNG of `size` holding one chart per (title, series) of `panels`, PANEL_COLS a
+    row, under the line `legend`; series: [(points [(x, y)], colour, dashed)]. Atomic."""
+    from PIL import Image, ImageDraw
+
+    rows = -(-len(panels) // PANEL_COLS)
+    w, h = size
+    pw, ph = w // PANEL_COLS, (h - 24) // rows
+    canvas = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 6), legend, fill="black")
     for k, (title, series) in enumerate(panels):
         x, y = (k % PANEL_COLS) * pw, 24 + (k // PANEL_COLS) * ph
         _panel(draw, (x, y, x + pw, y + ph), title, series, x_range)

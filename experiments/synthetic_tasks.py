@@ -237,6 +237,35 @@ def generate(
     return paths
 
 
+def rl_prompt_record(record: dict) -> dict:
+    """An RL prompt record (`qwen25vl_jax/data/rl_prompts.py`) of a one-question record: the
+    question without its answer, and the truth as the reward reads it (grounding: ``bbox_2d``
+    in original pixels, as the answer wrote it; counting: ``count``; timing: ``second``)."""
+    *prompt, answer = record["messages"]
+    truth = answer["content"]
+    task = record["task"]
+    if task == "grounding":
+        value = {"bbox_2d": json.loads(truth)["bbox_2d"]}
+    else:
+        value = {"count": int(truth)} if task == "counting" else {"second": float(truth)}
+    media = {k: record[k] for k in ("images", "videos") if k in record}
+    return {"id": record["id"], "task": task, "messages": prompt, **media, **value}
+
+
+def write_rl_prompts(records_path: str, out_path: str, tasks=("grounding", "counting")) -> int:
+    """Writes the RL prompts of the records of `tasks` in `records_path` (JSONL) to
+    `out_path` (same media root); returns how many."""
+    n = 0
+    with open(records_path) as f, open(out_path + ".tmp", "w") as out:
+        for line in f:
+            record = json.loads(line)
+            if record["task"] in tasks:
+                out.write(json.dumps(rl_prompt_record(record)) + "\n")
+                n += 1
+    os.replace(out_path + ".tmp", out_path)
+    return n
+
+
 def main(argv):
     del argv
     f = flags.FLAGS

@@ -38,11 +38,13 @@ if "test_low_tokens" not in R.REWARDS:
     R.register_reward("test_low_tokens")(low_tokens)
 
 
-def make_runner(mesh, *, temperature=1.0, top_p=1.0, kl_coef=0.0, lr=3e-3, seed=1, **rollout):
+def make_runner(
+    mesh, *, temperature=1.0, top_p=1.0, kl_coef=0.0, lr=3e-3, eps=1e-8, seed=1, **rollout
+):
     cfg = ModelConfig.tiny()
     trainer = Trainer(
         cfg,
-        OptimConfig(lr=lr, warmup_steps=0, total_steps=1000),
+        OptimConfig(lr=lr, eps=eps, warmup_steps=0, total_steps=1000),
         RunOptions(dtype=jnp.float32),
         mesh,
         objective=GRPOLoss(temperature=temperature, kl_coef=kl_coef),
