@@ -28,10 +28,9 @@ from absl import flags, logging
 from experiments import train as train_lib
 from experiments.configs import base
 from experiments.configs.grpo import LOSS_KEYS
-from qwen25vl_jax.cli_errors import InputError, input_errors, require_flags, run
+from qwen25vl_jax.cli_errors import InputError, input_errors, run
 from qwen25vl_jax.dataclass_dict import from_plain
 from qwen25vl_jax.model.options import RunOptions
-from qwen25vl_jax.precision import set_matmul_precision
 from qwen25vl_jax.sharding import make_mesh
 from qwen25vl_jax.train.grpo import GRPOLoss
 from qwen25vl_jax.train.metrics import MetricWriter
@@ -155,15 +154,7 @@ def train_rl(c, workdir: str) -> list[dict]:
 
 def main(argv):
     del argv
-    with input_errors(OSError, prefix="--config: "):
-        config = FLAGS.config
-        if config is not None:
-            config.keys()
-    if config is None:
-        raise InputError("--config is required, e.g. --config=experiments/configs/grpo.py:7b")
-    require_flags("workdir")
-    set_matmul_precision(FLAGS.matmul_precision)
-    train_lib.init_distributed()
+    config = train_lib.config_and_setup("experiments/configs/grpo.py:7b")
     history = train_rl(config, FLAGS.workdir)
     if history:
         last = {k: round(v, 4) for k, v in history[-1].items()}

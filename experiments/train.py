@@ -296,17 +296,24 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
     return losses
 
 
-def main(argv):
-    del argv
+def config_and_setup(example: str):
+    """The --config (`InputError` for a missing or unloadable one, `example` in the message)
+    after --workdir is checked, the matmul precision set and multi-host JAX initialised."""
     with input_errors(OSError, prefix="--config: "):  # a config file that failed to load
         config = FLAGS.config  # (ml_collections defers the error to the first use)
         if config is not None:
             config.keys()
     if config is None:
-        raise InputError("--config is required, e.g. --config=experiments/configs/sft.py:7b")
+        raise InputError(f"--config is required, e.g. --config={example}")
     require_flags("workdir")
     set_matmul_precision(FLAGS.matmul_precision)
     init_distributed()
+    return config
+
+
+def main(argv):
+    del argv
+    config = config_and_setup("experiments/configs/sft.py:7b")
     np.set_printoptions(precision=6)
     train(config, FLAGS.workdir)
 
