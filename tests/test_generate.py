@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from qwen25vl_jax.inference import Generator, Sampling, generate, warp_logits
-from qwen25vl_jax.inference.generate import geometric_bucket, prepare_batch
+from qwen25vl_jax.inference.prompt_batch import geometric_bucket, prepare_batch
 from qwen25vl_jax.model.options import RunOptions
 from tests.cases import CASES, make_case, make_samples
 

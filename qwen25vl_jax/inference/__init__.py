@@ -1,12 +1,6 @@
 """Generation: a static KV cache, sampling, batched prefill + compiled decode, grounding."""
 
-from qwen25vl_jax.inference.generate import (
-    DecodeState,
-    GenerateOutput,
-    Generator,
-    PreparedBatch,
-    prepare_batch,
-)
+from qwen25vl_jax.inference.generate import DecodeState, GenerateOutput, Generator
 from qwen25vl_jax.inference.grounding import (
     Detection,
     Grounding,
@@ -17,6 +11,7 @@ from qwen25vl_jax.inference.grounding import (
     parse_grounding,
 )
 from qwen25vl_jax.inference.kv_cache import KVCache, init_cache
+from qwen25vl_jax.inference.prompt_batch import PreparedBatch, prepare_batch
 from qwen25vl_jax.inference.sampling import Sampling, sample, warp_logits
 
 __all__ = [

@@ -120,6 +120,10 @@ class MetricWriter:
             "mfu",
             "step_seconds",
             "skipped_records",
+            "reward",  # RL (experiments/rl.py)
+            "kl",
+            "sample_seconds",
+            "train_seconds",
         )
         parts = [f"{k} {scalars[k]:.4g}" for k in shown if k in scalars]
         line = f"[{prefix}] step {step}: " + ", ".join(parts)

@@ -28,7 +28,8 @@ from flax import nnx
 from qwen25vl_jax.data.assemble import assemble
 from qwen25vl_jax.data.rl_prompts import RLPrompt
 from qwen25vl_jax.data.sample import make_sample
-from qwen25vl_jax.inference.generate import Generator, prepare_batch
+from qwen25vl_jax.inference.generate import Generator
+from qwen25vl_jax.inference.prompt_batch import prepare_batch
 from qwen25vl_jax.inference.sampling import Sampling
 from qwen25vl_jax.train import rewards as rewards_lib
 from qwen25vl_jax.train.grpo import GRPOLoss, RLBatch, group_advantages, varied_groups
