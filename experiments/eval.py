@@ -112,11 +112,14 @@ def generate_answers(
     batch_size: int = 16,
     max_new_tokens: int = 64,
     log=print,
+    sampling=None,
+    seed: int = 0,
 ) -> list[dict]:
     """Greedy answers of every example: [{"answer": str, "resized_hw": (h, w) of the question's
     image | None, "duration": seconds of the video | None}]. Batches hold one modality (by
     the first medium); every batch of a modality has the same shapes (rows, prompt length and
-    ViT slots padded), so each compiles once."""
+    ViT slots padded), so each compiles once. sampling: an `inference.Sampling` instead of
+    greedy decoding (DPO pairs from the model's own samples), batch k drawn with key seed + k."""
     from qwen25vl_jax.inference import Generator
     from qwen25vl_jax.inference.generate import prepare_batch, round_up
     from qwen25vl_jax.model.qwen25vl import RunOptions
@@ -145,6 +148,7 @@ def generate_answers(
                 batch,
                 max_new_tokens=max_new_tokens,
                 stop_tokens=stop,
+                **({} if sampling is None else {"sampling": sampling, "key": seed + start}),
                 cache_size=length + round_up(max_new_tokens, 64),
             )
             for r, i in enumerate(chunk):

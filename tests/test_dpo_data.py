@@ -137,3 +137,31 @@ def test_pipeline_shards_hosts_and_skips_bad_records(setup, tmp_path):
                               batch_size=1, shuffle=False, on_bad_record="skip")  # fmt: skip
     it = make_preference_iterator(cfg_pipe, cfg, tok, pairs_per_row=1)
     assert len(list(it)) == 1 and it.counts["skipped"]["malformed"] == 1
+
+
+def test_self_sampled_pairs_round_trip_through_the_preference_reader(setup, tmp_path):
+    """experiments/dpo_self_pairs: a sampled answer's box (resized pixels) is written in original
+    pixels and reads back, through record_to_pair, as the box the model wrote; rewards order
+    unreadable < wrong < right."""
+    from experiments.dpo_self_pairs import UNREADABLE, pair_record, reward
+    from experiments.eval_examples import load_examples
+
+    d, _, tok, cfg, options = setup  # a.png is 100 x 60: resized to 112 x 56
+    truth = '{"bbox_2d": [10, 20, 50, 40]}'
+    sft = {"task": "grounding", "images": ["a.png"],
+           "messages": [{"role": "user", "content": "<image>Where is it?"},
+                        {"role": "assistant", "content": truth}]}  # fmt: skip
+    (tmp_path / "q.jsonl").write_text(json.dumps(sft) + "\n")
+    (e,) = load_examples(str(tmp_path / "q.jsonl"), options, factor=28)
+    said = '{"bbox_2d": [11, 19, 56, 37]}'
+    record = pair_record(e, {"answer": said, "resized_hw": (56, 112)},
+                         {"answer": "no idea", "resized_hw": (56, 112)})  # fmt: skip
+    assert record["chosen"] == truth and record["rejected"] == "no idea"
+    pair = record_to_pair(json.dumps(record), "p", cfg=cfg, tokenizer=tok, options=options)
+    assert said in tok.decode(pair.chosen.input_ids.tolist())
+    bad = pair_record(e, {"answer": '{"bbox_2d": [1, x]}', "resized_hw": (56, 112)},
+                      {"answer": "no", "resized_hw": (56, 112)})  # fmt: skip
+    assert bad is None
+    assert reward("grounding", None, (0, 0, 1, 1)) == UNREADABLE < 0
+    assert reward("counting", 2, 3) == 0 < reward("counting", 3, 3) == 1
+    assert reward("grounding", (0, 0, 2, 2), (0, 0, 2, 1)) == 0.5
