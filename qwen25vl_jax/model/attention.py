@@ -35,6 +35,10 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from qwen25vl_jax.sharding import logical_to_spec
 
 NEG_INF = -1e30  # the one mask constant: finite, so a row with no key averages instead of NaN
 
@@ -100,9 +104,22 @@ def attention(
             from qwen25vl_jax.model.kernels.gpu_flash import flash_attention
         else:
             from qwen25vl_jax.model.kernels.tpu_splash import flash_attention
-        return flash_attention(
-            q, k, v, q_segments=q_segments, kv_segments=kv_segments, causal=causal, scale=scale
-        )
+
+        def kernel(q, k, v, q_seg, kv_seg):
+            return flash_attention(
+                q, k, v, q_segments=q_seg, kv_segments=kv_seg, causal=causal, scale=scale
+            )
+
+        # XLA cannot split a kernel call: without shard_map it would gather every row and head
+        # onto each device around it. Rows of a call that is not the `context`-split sequence
+        # (ViT windows) are split over `context` too.
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or mesh.size == 1:
+            return kernel(q, k, v, q_segments, kv_segments)
+        qkv, seg = shard_specs(q, k, mesh, rows_over_context=context is None)
+        specs = dict(in_specs=(qkv, qkv, qkv, seg, seg), out_specs=qkv)
+        fn = jax.shard_map(kernel, mesh=mesh, check_vma=False, **specs)  # pallas: no vma
+        return fn(q, k, v, q_segments, kv_segments)
     mask = segment_mask(q_segments, kv_segments, causal=causal, q_offset=q_offset)
     if backend == Backend.CUDNN and not kv_heads_major:
         logging.warning("cudnn attention: a [B, 1, %d, %d] mask is built from segment ids", t, s)
@@ -112,6 +129,25 @@ def attention(
     if not kv_heads_major:
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     return masked_attention(q, k, v, mask, scale=scale)
+
+
+def shard_specs(
+    q: jax.Array, k: jax.Array, mesh, *, length: str | None = None, rows_over_context=False
+) -> tuple[PartitionSpec, PartitionSpec]:
+    """(q/k/v spec, segment-id spec) of a per-shard attention over q [B, T, N, H], k [B, T, K,
+    H]: rows over the mesh's batch axes (and `context` when `rows_over_context`), T over
+    `length` (a mesh axis or None), heads over `tensor` when both N and K divide (each shard
+    keeps whole query groups); an axis that does not divide its dimension is left out."""
+    b, n, kh = q.shape[0], q.shape[2], k.shape[2]
+    rows = logical_to_spec(("batch",), (b,), mesh)[0]
+    rows = () if rows is None else (rows,) if isinstance(rows, str) else tuple(rows)
+    c = dict(mesh.shape).get("context", 1)
+    if rows_over_context and c > 1 and b % (c * int(np.prod([mesh.shape[a] for a in rows]))) == 0:
+        rows += ("context",)
+    rows = rows[0] if len(rows) == 1 else (rows or None)
+    heads = logical_to_spec(("act_heads",), (n,), mesh)[0]
+    heads = heads if heads == logical_to_spec(("act_heads",), (kh,), mesh)[0] else None
+    return PartitionSpec(rows, length, heads, None), PartitionSpec(rows, length)
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: float):

@@ -28,7 +28,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from qwen25vl_jax.model.attention import (
     NEG_INF,
@@ -36,9 +35,9 @@ from qwen25vl_jax.model.attention import (
     group_queries,
     masked_logits,
     segment_mask,
+    shard_specs,
     ungroup_heads,
 )
-from qwen25vl_jax.sharding import logical_to_spec
 
 AXIS = "context"
 KEY_CHUNK = 1024  # keys per online-softmax step: a step's logits are [B, N, T/c, KEY_CHUNK]
@@ -63,12 +62,7 @@ def context_attention(
     (heads only when both N and K do, so each shard keeps whole query groups).
     """
     mesh = jax.sharding.get_abstract_mesh()
-    b, _, n, _ = q.shape
-    kh = k.shape[2]
-    batch = logical_to_spec(("batch",), (b,), mesh)[0]
-    heads_q = logical_to_spec(("act_heads",), (n,), mesh)[0]
-    heads = heads_q if heads_q == logical_to_spec(("act_heads",), (kh,), mesh)[0] else None
-    qkv_spec, seg_spec = P(batch, AXIS, heads, None), P(batch, AXIS)
+    qkv_spec, seg_spec = shard_specs(q, k, mesh, length=AXIS)
     body = _ring if ContextImpl(impl) == ContextImpl.RING else _all_gather
     fn = jax.shard_map(
         functools.partial(body, causal=causal, scale=scale),

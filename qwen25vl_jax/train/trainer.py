@@ -190,7 +190,8 @@ class Trainer:
         """The step lowered for `batch` (arrays or `jax.ShapeDtypeStruct`s) on the abstract
         state: `.compile().memory_analysis()` without allocating a weight
         (benchmarks/memory_plan.py)."""
-        return self._step.lower(self.abstract_state(), batch)
+        with jax.set_mesh(self.mesh):  # as `step`: the model's constraints read the mesh
+            return self._step.lower(self.abstract_state(), batch)
 
     def global_batch(self, local: Batch) -> Batch:
         """Assembles the global batch from each process's rows (host NumPy)."""
