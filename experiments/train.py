@@ -174,8 +174,10 @@ def train(c, workdir: str) -> list[float]:
     with input_errors(ValueError):  # unknown or mistyped config keys, named
         base.check_keys(c)
     check_data_config(c)  # before a checkpoint loads: a bad data config fails in seconds
-    mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    with input_errors(ValueError, prefix="--config.mesh: "):  # axes that miss the devices
+        mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, context=c.mesh.context)
     model_cfg, params = model_and_params(c, mesh)
+    check_context_split(c, model_cfg)
     data = make_data(c, model_cfg)  # before the workdir exists: a bad data config writes nothing
     fresh = not os.path.exists(workdir)
     try:
@@ -218,6 +220,17 @@ def dpo_reference(c, trainer: Trainer, params, model_cfg: ModelConfig, workdir: 
     finally:  # stops its Grain workers now
         if hasattr(batches, "close"):
             batches.close()
+
+
+def check_context_split(c, model_cfg: ModelConfig) -> None:
+    """`InputError` unless `mesh.context` splits each row into equal shards of whole tokens and
+    whole ViT windows (else the sharding rules would silently leave the row unsplit)."""
+    ctx, windows = c.mesh.context, model_cfg.vision.window_patches
+    if ctx > 1 and (c.data.seq_len % ctx or c.data.num_slots % (ctx * windows)):
+        raise InputError(
+            f"--config.mesh.context={ctx} must divide data.seq_len ({c.data.seq_len}) and "
+            f"data.num_slots ({c.data.num_slots}) into whole {windows}-slot ViT windows"
+        )
 
 
 def next_batch(data, step: int, steps: int):

@@ -86,8 +86,9 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
     c.step = section(StepConfig())
     c.dpo = section(DPOConfig())
     # -1: the devices the other axes leave (tiny: all on data; real sizes: all on fsdp)
+    # context: devices that split each sequence (stage 3's long rows; 1 = no split)
     c.mesh = ml_collections.ConfigDict(
-        {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "tensor": tensor}
+        {"data": -1 if fsdp != -1 else 1, "fsdp": fsdp, "context": 1, "tensor": tensor}
     )
     c.data = ml_collections.ConfigDict(
         {

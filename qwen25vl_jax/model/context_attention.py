@@ -7,14 +7,17 @@ values come from every shard:
 `ring`: c steps; at each, device i attends its queries to the key/value block it holds (with
     that block's segment ids and its global slot offset), folds the result into a running
     softmax (max, sum and output in float32), and passes the block to device i + 1
-    (`ppermute`). A device holds one foreign block at a time; causal blocks wholly in the
-    future are skipped (no load balancing: shard c - 1 does c blocks, shard 0 one).
+    (`ppermute`). A device holds one foreign block at a time.
 `all_gather`: the keys, values and segment ids of all shards are gathered (K/V heads only:
     small under GQA), then folded the same way with no communication in the loop.
 
 Both fold KEY_CHUNK keys at a time and recompute each chunk's [T/c, KEY_CHUNK] logits in the
-backward pass, so no [T, T] (nor [T/c, T]) array exists. They are exact: the running softmax
-with the finite mask constant `NEG_INF` gives the dense softmax's weights. Causality and
+backward pass, so no [T, T] (nor [T/c, T]) array exists. A chunk that no query of the shard may
+attend (wholly in the future, or only other packed samples: `may_attend`) is skipped; with no
+load balancing, causal shard c - 1 still does c blocks where shard 0 does one. They are exact:
+the running softmax with the finite mask constant `NEG_INF` gives the dense softmax's weights
+for every query with a key. A pad query (no key at all) averages the values of the chunks it
+folded where the dense path averages all; nothing reads pad rows. Causality and
 packing use *global* slots and segment ids, so a packed sample that spans shards attends across
 them and a query never sees a later shard's keys. Blocks use the `xla` maths whatever the
 attention backend (the kernels return no softmax statistics to merge).
@@ -40,7 +43,7 @@ from qwen25vl_jax.model.attention import (
 )
 
 AXIS = "context"
-KEY_CHUNK = 1024  # keys per online-softmax step: a step's logits are [B, N, T/c, KEY_CHUNK]
+KEY_CHUNK = 256  # keys per online-softmax step: a step's logits are [B, N, T/c, KEY_CHUNK]
 
 
 def context_attention(
@@ -98,17 +101,7 @@ def _ring(q, k, v, q_seg, kv_seg, *, causal: bool, scale: float) -> jax.Array:
     def fold(stats, block, step):
         src = (i - step) % c
         offset = (i - src) * t  # this shard's first query, in slots after the block's first key
-        if not causal:
-            return fold_block(stats, qg, q_seg, block, offset, causal=False)
-        # a block of a later shard is wholly in the future: skip its maths (the ring still
-        # passes it on). Only pad query rows (no key at all) see the difference: they average
-        # the values of the blocks folded instead of all; nothing reads them.
-        return jax.lax.cond(
-            src <= i,
-            lambda st: fold_block(st, qg, q_seg, block, offset, causal=True),
-            lambda st: st,
-            stats,
-        )
+        return fold_block(stats, qg, q_seg, block, offset, causal=causal)
 
     def hop(carry, step):
         stats, block = carry
@@ -139,11 +132,31 @@ def fold_block(stats, qg, q_seg, block, offset, *, causal: bool, chunk: int = KE
     @jax.checkpoint
     def one(stats, xs):
         j, kc, vc, sc = xs
-        mask = segment_mask(q_seg, sc, causal=causal, q_offset=offset - j * chunk)
-        return online_softmax_update(stats, masked_logits(qg, kc, mask), vc), None
+        q_offset = offset - j * chunk
+
+        def update(stats):
+            mask = segment_mask(q_seg, sc, causal=causal, q_offset=q_offset)
+            return online_softmax_update(stats, masked_logits(qg, kc, mask), vc)
+
+        may = may_attend(q_seg, sc, q_offset, causal=causal)
+        return jax.lax.cond(may, update, lambda stats: stats, stats), None
 
     stats, _ = jax.lax.scan(one, stats, (jnp.arange(n), split(k, 2), split(v, 2), split(seg, 1)))
     return stats
+
+
+def may_attend(q_seg: jax.Array, k_seg: jax.Array, q_offset, *, causal: bool) -> jax.Array:
+    """bool[]: whether any query of q_seg [B, t] may attend a key of k_seg [B, s] (False only
+    when none can). Conservative and cheap: the rows' ranges of non-zero segment ids must
+    overlap (packed ids increase along a row, so other samples' chunks are skipped), and when
+    causal the last query must not precede the first key (q_offset: the first query's slot
+    minus the first key's)."""
+    none = jnp.iinfo(jnp.int32).max
+    q_lo, k_lo = (jnp.where(x > 0, x, none).min(axis=1) for x in (q_seg, k_seg))
+    overlap = (k_lo <= q_seg.max(axis=1)) & (q_lo <= k_seg.max(axis=1))
+    if causal:
+        overlap &= q_offset + q_seg.shape[1] - 1 >= 0
+    return overlap.any()
 
 
 def _empty_stats(qg: jax.Array):
@@ -154,9 +167,11 @@ def _empty_stats(qg: jax.Array):
 
 
 def _finish(stats, dtype) -> jax.Array:
-    """The attention output [B, t, N, H] in `dtype` from the final statistics."""
+    """The attention output [B, t, N, H] in `dtype` from the final statistics. A query that
+    folded no chunk (a pad slot of a shard with no real query) gets zeros, as the kernels give
+    pad rows: never 0 / 0, whose NaN would reach the gradients through 0 * NaN."""
     _, total, out = stats
-    return ungroup_heads(out / total[..., None]).astype(dtype)
+    return ungroup_heads(out / jnp.where(total > 0, total, 1.0)[..., None]).astype(dtype)
 
 
 def online_softmax_update(stats, logits: jax.Array, v: jax.Array):
