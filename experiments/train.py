@@ -272,6 +272,8 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         reference = dpo_reference(c, trainer, params, model_cfg, workdir)
     del params
     writer = MetricWriter(workdir)
+    # MFU over every device of the mesh, `context` included: a context-split row's FLOPs are
+    # counted once (batch_flops, real tokens) and shared by the devices that split it
     meter = Throughput(
         jax.device_count(),
         peak_flops(jax.devices()[0], FLAGS.peak_tflops * 1e12 if FLAGS.peak_tflops else None),

@@ -179,6 +179,46 @@ def test_context_mesh_equals_one_device():
     assert "gradient leaves" in run_child("model")
 
 
+# ---- no [L, L] (nor [L / c, L]) array in the context path's traced training loss ---------------
+def _trace_loss_under(mesh_shape: tuple[int, int, int, int] | None, length: int):
+    """The jaxpr of the tiny model's training-loss gradient at `length` tokens and ViT slots,
+    traced (nothing runs) under an abstract (data, fsdp, context, tensor) mesh, or none."""
+    import contextlib
+
+    from flax import nnx
+
+    from qwen25vl_jax.config import ModelConfig
+    from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
+    from qwen25vl_jax.param_paths import flatten
+    from qwen25vl_jax.sharding import MESH_AXES
+    from qwen25vl_jax.train.step import NextTokenLoss, objective_sums
+    from tests.test_attention_memory import _abstract_batch
+
+    cfg = ModelConfig.tiny()
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen25VL(cfg, rngs=nnx.Rngs(0))))
+    params = flatten(nnx.to_pure_dict(state))
+    objective, opts = NextTokenLoss(chunk=512), RunOptions(remat="dots")
+    loss = functools.partial(objective_sums, graphdef=graphdef, objective=objective, opts=opts)
+    grad = jax.grad(lambda p, b: loss(p, {}, b)[0])
+    mesh = contextlib.nullcontext()
+    if mesh_shape is not None:
+        mesh = jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(mesh_shape, MESH_AXES))
+    with mesh:
+        return jax.make_jaxpr(grad)(params, _abstract_batch(cfg, length, length)).jaxpr
+
+
+def test_context_path_holds_no_length_squared_array():
+    """L = 16,384 over context 4: no value (global, or per shard inside the shard_map) has two
+    axes >= L / 4, so neither [L, L] nor a shard's [L / 4, L] exists; without the context axis
+    the same check finds the `xla` path's [L, L] logits (the check can fail)."""
+    from tests.test_attention_memory import quadratic_intermediates
+
+    length, c = 16384, 4
+    assert quadratic_intermediates(_trace_loss_under((1, 1, c, 1), length), length // c) == []
+    found = quadratic_intermediates(_trace_loss_under(None, length), length // c)
+    assert any(shape[-2:] == (length, length) for _, shape in found), found
+
+
 # ---- a 32,768-token training step with context 8 -----------------------------------------------
 LONG = int(os.environ.get("CTX_TEST_LONG", 32768))  # (overridable to measure)
 
