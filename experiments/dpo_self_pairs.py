@@ -45,7 +45,7 @@ def reward(task: str, pred, truth) -> float:
 def pair_record(e: Example, chosen: dict, rejected: dict) -> dict | None:
     """The preference record of question `e` (its prompt and media as the source record) with
     two answers; boxes mapped from the resized image's pixels to the original's (None when an
-    answer's box list cannot be read as numbers)."""
+    answer is empty or its box list cannot be read as numbers)."""
     messages = [
         {"role": m["role"], "content": [dict(it) for it in m["content"]]}
         for m in e.conversation.messages
@@ -53,6 +53,8 @@ def pair_record(e: Example, chosen: dict, rejected: dict) -> dict | None:
     texts = []
     for a in (chosen, rejected):
         text = a["answer"]
+        if not text.strip():  # an empty reply: the record reader rejects it (as for SFT)
+            return None
         if a["resized_hw"] is not None and e.original_hw is not None:
             try:
                 text = rescale_grounding(text, tuple(a["resized_hw"]), tuple(e.original_hw))

@@ -162,6 +162,8 @@ def test_self_sampled_pairs_round_trip_through_the_preference_reader(setup, tmp_
     bad = pair_record(e, {"answer": '{"bbox_2d": [1, x]}', "resized_hw": (56, 112)},
                       {"answer": "no", "resized_hw": (56, 112)})  # fmt: skip
     assert bad is None
+    assert pair_record(e, {"answer": said, "resized_hw": (56, 112)},
+                       {"answer": " ", "resized_hw": (56, 112)}) is None  # fmt: skip
     assert reward("grounding", None, (0, 0, 1, 1)) == UNREADABLE < 0
     assert reward("counting", 2, 3) == 0 < reward("counting", 3, 3) == 1
     assert reward("grounding", (0, 0, 2, 2), (0, 0, 2, 1)) == 0.5
