@@ -29,6 +29,7 @@ from qwen25vl_jax.cli_errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "experiments", "configs", "grpo.py") + ":demo"
+PER_TASK = 450  # the counting records of the demo's 3000
 CURVES = ("reward", "reward_iou", "reward_count", "reward_format", "kl", "response_length")
 
 
@@ -117,7 +118,8 @@ def run(sft_dir: str, workdir: str, *, steps=None, seed: int = 0, devices: int =
         raise InputError(f"--sft_dir {sft_dir}: {err}; run `make demo` first") from None
     os.makedirs(workdir, exist_ok=True)
     prompts = os.path.join(workdir, "prompts.jsonl")
-    n = write_rl_prompts(os.path.join(data_dir, "train.jsonl"), prompts)
+    # as many grounding as counting prompts: the demo's records hold 4x more grounding
+    n = write_rl_prompts(os.path.join(data_dir, "train.jsonl"), prompts, per_task=PER_TASK)
     log(f"[demo-rl] 1/3 {n} grounding / counting RL prompts -> {prompts}")
 
     c = grpo_config.get_config("demo")

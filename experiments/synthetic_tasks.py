@@ -252,16 +252,20 @@ def rl_prompt_record(record: dict) -> dict:
     return {"id": record["id"], "task": task, "messages": prompt, **media, **value}
 
 
-def write_rl_prompts(records_path: str, out_path: str, tasks=("grounding", "counting")) -> int:
+def write_rl_prompts(
+    records_path: str, out_path: str, tasks=("grounding", "counting"), per_task: int | None = None
+) -> int:
     """Writes the RL prompts of the records of `tasks` in `records_path` (JSONL) to
-    `out_path` (same media root); returns how many."""
-    n = 0
+    `out_path` (same media root), at most `per_task` of each task (the first ones); returns
+    how many."""
+    n, seen = 0, dict.fromkeys(tasks, 0)
     with open(records_path) as f, open(out_path + ".tmp", "w") as out:
         for line in f:
             record = json.loads(line)
-            if record["task"] in tasks:
+            task = record["task"]
+            if task in seen and (per_task is None or seen[task] < per_task):
                 out.write(json.dumps(rl_prompt_record(record)) + "\n")
-                n += 1
+                seen[task], n = seen[task] + 1, n + 1
     os.replace(out_path + ".tmp", out_path)
     return n
 

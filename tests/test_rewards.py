@@ -44,6 +44,7 @@ def box(b, label="red circle") -> str:
 def test_format_and_iou_on_crafted_boxes(text, fmt, iou):
     assert R.REWARDS["format"](text, GROUND) == fmt
     assert R.REWARDS["iou"](text, GROUND) == pytest.approx(iou)
+    assert R.REWARDS["iou_hit"](text, GROUND) == float(iou >= 0.5)
     assert R.REWARDS["count"](text, GROUND) is None  # not a counting question
 
 

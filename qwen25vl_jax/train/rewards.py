@@ -9,6 +9,7 @@ Built in (registered by name in `REWARDS`; add your own with `@register_reward("
 * ``iou``: IoU of the first box in the answer, clipped to the resized image, with the true box
   (both in the resized image's pixels, where Qwen2.5-VL grounds); 0 for no box or a box with no
   area inside the image. Boxes are read as evaluation reads them (`inference/grounding.py`).
+* ``iou_hit``: 1 when that IoU is at least 0.5 (the evaluation's accuracy; VLM-R1's reward).
 * ``count``: 1 when the answer's first number equals the true count (as the eval's accuracy).
 * ``time``: minus the absolute error in seconds of the answer's first number; an unreadable
   answer costs the largest error a guess inside the video could make (as the eval's MAE).
@@ -85,6 +86,12 @@ def iou_reward(text: str, prompt: RLPrompt) -> float | None:
     boxes = [d for d in parse_grounding(text).detections if d.kind == "bbox"]
     inside = clip_to_image(boxes[:1], prompt.image_hw)  # empty when no area is inside
     return box_iou(inside[0].coords, prompt.truth["bbox_2d"]) if inside else 0.0
+
+
+@register_reward("iou_hit")
+def iou_hit_reward(text: str, prompt: RLPrompt) -> float | None:
+    iou = iou_reward(text, prompt)
+    return None if iou is None else float(iou >= 0.5)
 
 
 @register_reward("count")
