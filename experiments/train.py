@@ -174,6 +174,7 @@ def train(c, workdir: str) -> list[float]:
     with input_errors(ValueError):  # unknown or mistyped config keys, named
         base.check_keys(c)
     check_data_config(c)  # before a checkpoint loads: a bad data config fails in seconds
+    objective = make_objective(c)  # and a bad `dpo` section
     with input_errors(ValueError, prefix="--config.mesh: "):  # axes that miss the devices
         mesh = make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, context=c.mesh.context)
     model_cfg, params = model_and_params(c, mesh)
@@ -181,7 +182,7 @@ def train(c, workdir: str) -> list[float]:
     data = make_data(c, model_cfg)  # before the workdir exists: a bad data config writes nothing
     fresh = not os.path.exists(workdir)
     try:
-        return _train(c, workdir, mesh, model_cfg, params, data)
+        return _train(c, workdir, mesh, model_cfg, params, data, objective)
     except InputError:
         if fresh and os.path.isdir(workdir) and not os.listdir(workdir):
             os.rmdir(workdir)  # failed before anything was written: leave no empty workdir
@@ -240,7 +241,7 @@ def next_batch(data, step: int, steps: int):
         raise InputError(f"the data ran out at step {step} of {steps}") from None
 
 
-def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[float]:
+def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data, objective) -> list[float]:
     with input_errors(ValueError):
         optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
     trainer = Trainer(
@@ -250,7 +251,7 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data) -> list[
         mesh,
         workdir,
         step=from_plain(StepConfig, c.step.to_dict(), where="step"),
-        objective=make_objective(c),
+        objective=objective,
         save_every=c.train.save_every,
         keep=c.train.keep,
         async_save=c.train.async_save,
