@@ -7,8 +7,8 @@ On 8 fake CPU devices (subprocesses: XLA_FLAGS must precede jax's import):
 - the whole model on a (data 1, fsdp 2, context 4) mesh equals one device at L = 4,096 with
   packed samples, images and a video: logits and every gradient leaf (float32, rel <= 1e-5);
 - a 32,768-token training step of the tiny model through the `Trainer` with context 8
-  (opt-in, QWEN25VL_TESTS_LONG=1: on the 23 GB development machine XLA's CPU runtime was
-  killed for memory at 19.8 GB; CTX_TEST_LONG=8192 runs the same child at 8,192 tokens).
+  (opt-in, QWEN25VL_TESTS_LONG=1: not run to the end on the shared 2-core development
+  machine; CTX_TEST_LONG=8192 runs the same child at 8,192 tokens).
 In process (tracing only): the context path's training loss holds no [L, L] or [L / c, L] array.
 """
 
@@ -232,8 +232,7 @@ def long_step_child() -> int:
 
     cfg = ModelConfig.tiny()
     # 16 packed samples of ~2k tokens (a long-context row as the packer fills it), one with an
-    # image; the 8 shards hold 4,096 tokens each, so samples span shards. Chunks of other
-    # samples are skipped, which is what keeps this step cheap on a CPU.
+    # image; the 8 shards hold 4,096 tokens each, so samples span shards
     rows = [[LONG // 16 - 174, ("image", (1, 16, 16)), 100]] + [[LONG // 16 - 8]] * 15
     batch = long_batch(cfg, LONG, 512, rows)
     assert (batch.segment_ids > 0).sum() > LONG - 300
@@ -258,8 +257,8 @@ def long_step_child() -> int:
 @pytest.mark.heavy
 @pytest.mark.skipif(
     os.environ.get("QWEN25VL_TESTS_LONG") != "1",
-    reason="not yet run to the end here: > 20 GB of host memory on the CPU (BUILD_NOTES: "
-    "Context parallelism); QWEN25VL_TESTS_LONG=1 runs it",
+    reason="not yet run to the end on the CPU: ~10 GB and minutes (BUILD_NOTES: Context "
+    "parallelism); QWEN25VL_TESTS_LONG=1 runs it",
 )
 def test_context8_training_step_at_32k_tokens():
     assert "step 2" in run_child("long_step", timeout=2400)
