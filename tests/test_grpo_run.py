@@ -75,7 +75,9 @@ def test_sampler_logprobs_equal_trainer_recomputed():
     ok = text_only(runner.cfg, comps)
     batch = rl_batch(runner.cfg, rows, comps, lps, np.zeros(len(rows)), seq_len=48,
                      num_slots=16, keep=ok)  # fmt: skip
-    recomputed = np.asarray(runner._ref_fn(state.params, runner.trainer.global_batch(batch)))
+    with jax.set_mesh(runner.trainer.mesh):
+        glob = runner.trainer.global_batch(batch)
+        recomputed = np.asarray(runner._ref_fn(state.params, glob))
     on = batch.loss_mask > 0
     assert on.sum() >= 0.8 * 8 * len(rows)  # most rows replayed, most completions 8 tokens
     assert len({tuple(c) for c in comps}) > len(rows) // 2  # really sampled, not one answer

@@ -10,7 +10,8 @@ One `GRPORunner.step`:
    sampling, the rows of all-equal groups become empty rows (static shapes: nothing recompiles);
 3. the RL batch (`RLBatch`) through the one assembler: prompt + completion per row, loss on the
    completion tokens (the stop token included); the reference log-probs by one forward of the
-   frozen initial weights, only when kl_coef > 0;
+   frozen initial weights on the mesh (joined to the global batch through `Trainer.step`'s
+   `prepare`), only when kl_coef > 0;
 4. `num_updates` optimizer steps on that batch (PPO-style; the ratio departs from 1 after the
    first).
 """
@@ -137,10 +138,13 @@ class GRPORunner:
         self.stop = (self.cfg.eos_token_id,)  # <|im_end|>
         self.generator = None
 
-        def ref_fn(params, batch):
-            return loss.logprobs(nnx.merge(trainer.graphdef, params), batch, trainer.opts)
+        def ref_fn(params, batch):  # float32[B, L], 0 off the completions
+            logp = loss.logprobs(nnx.merge(trainer.graphdef, params), batch, trainer.opts)
+            return logp * batch.loss_mask
 
-        self._ref_fn = jax.jit(ref_fn)
+        # laid out as the batch's field: it joins the global batch on the mesh, no host copy
+        out = trainer.batch_shardings().ref_logprobs
+        self._ref_fn = jax.jit(ref_fn, out_shardings=out)
 
     def _sample(self, state, prompts: Sequence[RLPrompt], key):
         """(completions [N] int32 arrays, their log-probs [N] float32 arrays, texts [N])."""
@@ -205,12 +209,14 @@ class GRPORunner:
                 self.cfg, rows, comps, lps, adv, seq_len=r.seq_len, num_slots=r.num_slots,
                 keep=keep,
             )  # fmt: skip
-            if self.reference is not None:
-                ref = self._ref_fn(self.reference, self.trainer.global_batch(batch))
-                batch = dataclasses.replace(batch, ref_logprobs=np.asarray(ref) * batch.loss_mask)
+            prepare = None
+            if self.reference is not None:  # once per sampled batch, however many updates
+                with jax.set_mesh(self.trainer.mesh):
+                    ref = self._ref_fn(self.reference, self.trainer.global_batch(batch))
+                prepare = lambda g: dataclasses.replace(g, ref_logprobs=ref)  # noqa: E731
             sums: dict[str, float] = {}
             for _ in range(r.num_updates):
-                state, m = self.trainer.step(state, batch)
+                state, m = self.trainer.step(state, batch, prepare=prepare)
                 for k, v in jax.device_get(m).items():
                     sums[k] = sums.get(k, 0.0) + float(v) / r.num_updates
             metrics.update(sums)
