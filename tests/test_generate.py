@@ -22,6 +22,7 @@ from qwen25vl_jax.inference import Generator, Sampling, generate, warp_logits
 from qwen25vl_jax.inference.prompt_batch import geometric_bucket, prepare_batch
 from qwen25vl_jax.model.options import RunOptions
 from tests.cases import CASES, make_case, make_samples
+from tests.fake_devices import run_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_NEW = 12
@@ -234,16 +235,8 @@ def test_mesh_gives_the_single_device_tokens(tiny, gen, tmp_path):
     steps = first_near_tie(single.logits)
     assert steps >= 6
     np.savez(tmp_path / "case.npz", expected=single.tokens, steps=steps, **arrays)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.test_generate", str(tiny.path), str(tmp_path / "case.npz")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "tokens equal" in proc.stdout
-
-
-if __name__ == "__main__":
-    sys.exit(mesh_child(*sys.argv[1:3]))
+    out = run_module("tests.test_generate", str(tiny.path), str(tmp_path / "case.npz"))
+    assert "tokens equal" in out
 
 
 def test_weights_held_in_the_compute_dtype(tiny):
@@ -259,3 +252,7 @@ def test_weights_held_in_the_compute_dtype(tiny):
     a, b = held.generate(arrays, **kw), per_use.generate(arrays, **kw)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_array_equal(a.logits, b.logits)
+
+
+if __name__ == "__main__":
+    sys.exit(mesh_child(*sys.argv[1:3]))

@@ -4,11 +4,9 @@ clipped updates with a k3 KL) on 8 fake CPU devices equals the same step on one 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fake_devices import run_module
 
 
 def child() -> int:
@@ -44,13 +42,9 @@ def child() -> int:
 
 
 def test_grpo_step_on_8_devices_equals_1():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-               "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.test_grpo_sharded"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "worst relative parameter difference" in proc.stdout
-    print(proc.stdout)
+    out = run_module("tests.test_grpo_sharded")
+    assert "worst relative parameter difference" in out
+    print(out)
 
 
 if __name__ == "__main__":

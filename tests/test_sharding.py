@@ -4,8 +4,6 @@ the training step's gradients, leaf by leaf."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import types
 
@@ -13,18 +11,13 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from qwen25vl_jax.sharding import logical_to_spec
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fake_devices import run_module
 
 
 @pytest.mark.parametrize("mesh", [(1, 4, 2), (2, 2, 2)], ids=["fsdp4xtensor2", "data2fsdp2tensor2"])
 def test_sharded_logits_equal_single_device(tiny, mesh):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.sharded_forward", str(tiny.path), *map(str, mesh)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "max |dlogits|" in proc.stdout
+    out = run_module("tests.sharded_forward", str(tiny.path), *map(str, mesh))
+    assert "max |dlogits|" in out
 
 
 def test_rules_map_names_and_drop_axes_that_do_not_divide():
@@ -85,13 +78,9 @@ def gradients_child() -> int:
 
 
 def test_sharded_gradients_equal_single_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8 "
-               "--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu")  # fmt: skip
-    cmd = [sys.executable, "-m", "tests.test_sharding"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "worst relative gradient difference" in proc.stdout
-    print(proc.stdout)
+    out = run_module("tests.test_sharding")
+    assert "worst relative gradient difference" in out
+    print(out)
 
 
 if __name__ == "__main__":
