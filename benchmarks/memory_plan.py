@@ -217,6 +217,7 @@ def main(argv: list[str]) -> None:
     flags.DEFINE_list("depths", ["2", "4"], "the two decoder depths of --method=depth")
     flags.DEFINE_string("backend", "splash", "attention backend compiled")
     flags.DEFINE_list("remats", list(REMATS), "remat policies to try, in order")
+    flags.DEFINE_list("meshes", [], "meshes to try instead of `candidates`: fsdp=64:context=4,...")
     flags.DEFINE_bool("verify", False, "compile full depth and two depths; print the error")
     flags.FLAGS(argv)
     f = flags.FLAGS
@@ -240,7 +241,12 @@ def main(argv: list[str]) -> None:
     for size, seq_len, n in itertools.product(f.sizes, f.seq_lens, f.devices):
         L, n = int(seq_len), int(n)
         fits = {}
-        for mesh, remat in itertools.product(candidates(n, L), f.remats):
+        meshes = candidates(n, L)
+        if f.meshes:
+            asked = [dict(a.split("=") for a in m.split(":")) for m in f.meshes]
+            meshes = [tuple((a, int(m.get(a, 1))) for a in MESH_AXES) for m in asked]
+            meshes = [m for m in meshes if int(np.prod([k for _, k in m])) == n]
+        for mesh, remat in itertools.product(meshes, f.remats):
             setup = Setup(size, L, 2 * L, mesh, remat, backend=f.backend)
             state = state_bytes(setup)
             if state["params"] + state["opt_state"] > max(BUDGETS.values()):
