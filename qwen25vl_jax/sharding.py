@@ -28,16 +28,18 @@ RULES: dict[str, tuple[str, ...]] = {
     "act_embed": (),
     "act_heads": ("tensor",),
     "act_vocab": ("tensor",),
-    # decoder parameters
+    # decoder parameters. Weights and Adam moments are split over `context` too (as MaxText's
+    # rules do): a context group holds one row's activations, not one copy of the weights each,
+    # so a long-context mesh keeps fsdp's memory per device (72B at 32k on 64 devices)
     "vocab": ("tensor",),
-    "embed": ("fsdp",),
+    "embed": ("fsdp", "context"),
     "mlp": ("tensor",),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
     "head_dim": (),
     "layers": (),
     # vision parameters
-    "vit_embed": ("fsdp",),
+    "vit_embed": ("fsdp", "context"),
     "vit_mlp": ("tensor",),
     "vit_heads": ("tensor",),
     "merger_mlp": ("tensor",),
