@@ -20,15 +20,16 @@ import time
 from absl import app, flags
 
 # the demo as committed before the sweep (BUILD_NOTES §6 run 5): 3 decoder layers, 4 rows of 512
-# tokens, 640 steps, mix .55/.17/.28
+# tokens, 640 steps, mix .55/.17/.28, rope_theta 10, Adam b2 0.999
 V5 = {
-    "model": {"num_layers": 3},
+    "model": {"num_layers": 3, "rope_theta": 10.0},
     "mix": [0.55, 0.17, 0.28],
     "steps": 640,
     "overrides": [
         "--config.data.seq_len=512",
         "--config.data.num_slots=768",
         "--config.train.batch_size=4",
+        "--config.optim.b2=0.999",
     ],
 }
 MIX70 = {"mix": [0.7, 0.15, 0.15]}
@@ -42,6 +43,9 @@ VARIANTS = {
     "v5_grounding_only": {**V5, "mix": [1.0, 0.0, 0.0]},
     "v5_seq256": {**V5, "overrides": []},
     "v5_records6000": {**V5, "num_train": 6000},
+    # the demo before issue 17's sweep: Adam b2 0.999, rope_theta 10
+    "theta10_b2_999": {"overrides": ["--config.optim.b2=0.999"], "model": {"rope_theta": 10.0}},
+    "theta10": {"model": {"rope_theta": 10.0}},  # b2 0.95 alone
 }
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
 
