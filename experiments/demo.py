@@ -14,8 +14,8 @@
    checkpoints the trainer saved (every `train.save_every` steps, all kept) on the first
    `CURVE_RECORDS` held-out records (they interleave the three tasks), for the curves;
 5. a short report, also written as JSON: the table, the training-curves PNG (loss and each
-   metric at each checkpoint against its baseline), and where this run sits relative to the
-   README's published figures (`experiments/published.py`).
+   metric at each checkpoint against its baseline), and whether this run falls inside the
+   range the README publishes over seeds 0-4 (`experiments/published.py`).
 
 Outputs under --workdir: data/, tokenizer/, train/ (checkpoints <step>/, metrics.jsonl,
 tensorboard/), boxes.png, curves.png, report.json.
@@ -236,34 +236,43 @@ def run(
 
 
 def compare_published(metrics: dict) -> dict:
-    """{metric: {"run": v, "published": v, "better": bool | None (equal)}} against the README's
-    figures (`experiments.published.DEMO`)."""
-    from experiments.metrics import is_better
-    from experiments.published import DEMO
+    """{metric: {"run": v, "mean", "min", "max": the README's seeds, "place": "inside" |
+    "better" | "worse"}} against the published range (`experiments.published`)."""
+    from experiments import published
 
     out = {}
-    for name, value in DEMO["metrics"].items():
+    for name in published.DEMO["seeds"][min(published.DEMO["seeds"])]:
         if name in metrics:
             run_v = metrics[name]["model"]
-            better = None if round(run_v, 3) == value else is_better(name, run_v, value)
-            out[name] = {"run": run_v, "published": value, "better": better}
+            place = published.place(name, run_v)
+            out[name] = {"run": run_v, **published.spread(name), "place": place}
     return out
 
 
 def format_published(compared: dict, seed: int) -> str:
-    """One line per metric: this run beside the README's figure."""
+    """One line per metric: this run beside the README's mean and range over seeds, and a last
+    line saying whether the run falls inside that range."""
     from experiments.metrics import METRICS
     from experiments.published import DEMO
 
+    seeds = ",".join(str(s) for s in sorted(DEMO["seeds"]))
     lines = [
-        f"[demo] against the README's figures (seed {DEMO['seed']}, {DEMO['steps']} steps, "
-        f"{DEMO['date']}; this run: seed {seed}):"
+        f"[demo] against the README's seeds {seeds} ({DEMO['steps']} steps, {DEMO['date']}, "
+        f"{DEMO['machine']}; this run: seed {seed}):"
     ]
+    words = {"inside": "inside the range", "better": "BETTER than every published seed",
+             "worse": "WORSE than every published seed"}  # fmt: skip
     for name, v in compared.items():
-        where = {None: "the same", True: "better", False: "worse"}[v["better"]]
         lines.append(
-            f"[demo]   {METRICS[name][2]:<23} {v['run']:.3f} vs {v['published']:.3f}: {where}"
+            f"[demo]   {METRICS[name][2]:<23} {v['run']:.3f}; published mean {v['mean']:.3f}, "
+            f"range {v['min']:.3f}-{v['max']:.3f}: {words[v['place']]}"
         )
+    outside = [METRICS[n][2] for n, v in compared.items() if v["place"] != "inside"]
+    lines.append(
+        "[demo] this run falls inside the published range on every metric"
+        if not outside
+        else f"[demo] this run falls OUTSIDE the published range on: {', '.join(outside)}"
+    )
     return "\n".join(lines)
 
 

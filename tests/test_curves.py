@@ -8,8 +8,9 @@ import os
 import numpy as np
 from PIL import Image
 
+from experiments import published
 from experiments.curves import BASELINE_COLOUR, MODEL_COLOUR, draw_curves, read_losses
-from experiments.published import DEMO
+from experiments.demo import compare_published, format_published
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (600, 360)
@@ -42,11 +43,38 @@ def has_colour(img: np.ndarray, colour) -> int:
 
 
 def test_published_figures_are_the_readmes():
-    """experiments/published.py holds the numbers README's results table shows."""
+    """experiments/published.py holds the numbers README's results table shows: each metric's
+    mean over the seeds and its range."""
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    for name, value in DEMO["metrics"].items():
-        assert f"**{value:.3f}**" in readme, name
+    assert len(published.DEMO["seeds"]) >= 5
+    for name in published.DEMO["seeds"][0]:
+        s = published.spread(name)
+        assert f"**{s['mean']:.3f}**" in readme, name
+        assert f"{s['min']:.3f}-{s['max']:.3f}" in readme, name
+
+
+def test_a_run_is_placed_against_the_published_range():
+    """The demo's last lines say, per metric, whether a run falls inside the seeds' range."""
+    seeds = published.DEMO["seeds"].values()
+    lo_iou, hi_iou = min(m["mean_iou"] for m in seeds), max(m["mean_iou"] for m in seeds)
+    best_mae = min(m["time_mae"] for m in seeds)
+    run = {
+        "mean_iou": {"model": (lo_iou + hi_iou) / 2},  # inside
+        "acc_iou50": {"model": 1.5},  # above every seed: better
+        "count_acc": {"model": -1.0},  # below every seed: worse
+        "time_mae": {"model": best_mae - 1.0},  # lower is better: better
+    }
+    compared = compare_published(run)
+    assert {n: v["place"] for n, v in compared.items()} == {
+        "mean_iou": "inside", "acc_iou50": "better", "count_acc": "worse", "time_mae": "better"
+    }  # fmt: skip
+    text = format_published(compared, seed=7)
+    assert "OUTSIDE the published range on: accuracy at IoU >= 0.5, exact-count accuracy" in text
+    inside = {n: {"model": published.spread(n)["mean"]} for n in run}
+    assert "inside the published range on every metric" in format_published(
+        compare_published(inside), seed=0
+    )
 
 
 def test_read_losses_by_step(tmp_path):
