@@ -46,6 +46,10 @@ VARIANTS = {
     # the demo before issue 17's sweep: Adam b2 0.999, rope_theta 10
     "theta10_b2_999": {"overrides": ["--config.optim.b2=0.999"], "model": {"rope_theta": 10.0}},
     "theta10": {"model": {"rope_theta": 10.0}},  # b2 0.95 alone
+    # issue 17's timing question (BUILD_NOTES §6, "Reliability over seeds"): time's share of the
+    # rotary pairs, and slow pairs beside fast ones for height and width
+    "sections655": {"model": {"mrope_section": "(6,5,5)"}},
+    "theta10_sections448": {"model": {"rope_theta": 10.0, "mrope_section": "(4,4,8)"}},
 }
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
 
