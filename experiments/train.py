@@ -244,13 +244,15 @@ def next_batch(data, step: int, steps: int):
 def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data, objective) -> list[float]:
     with input_errors(ValueError):
         optim = from_plain(OptimConfig, c.optim.to_dict(), where="optim")
+        opts = from_plain(RunOptions, c.run.to_dict(), where="run")
+        step = from_plain(StepConfig, c.step.to_dict(), where="step")
     trainer = Trainer(
         model_cfg,
         optim,
-        from_plain(RunOptions, c.run.to_dict(), where="run"),
+        opts,
         mesh,
         workdir,
-        step=from_plain(StepConfig, c.step.to_dict(), where="step"),
+        step=step,
         objective=objective,
         save_every=c.train.save_every,
         keep=c.train.keep,

@@ -34,3 +34,51 @@ def test_token_logprobs_equal_log_softmax(chunk):
     total, count = chunked_cross_entropy(hidden, lambda x: x @ w, targets, mask, chunk=chunk)
     np.testing.assert_allclose(total, -(plain(hidden, w) * mask).sum(), rtol=1e-6)
     assert float(count) == float(mask.sum())
+
+
+def torch_per_sample_mean(token_loss, mask, segment_ids):
+    """The reference: every (row, segment > 0) with a supervised token adds its mean loss."""
+    import torch
+
+    total, count = token_loss.new_zeros(()), 0
+    for r in range(segment_ids.shape[0]):
+        for s in torch.unique(segment_ids[r]).tolist():
+            sel = (segment_ids[r] == s) & (mask[r] > 0)
+            if s > 0 and sel.any():
+                total = total + (token_loss[r] * mask[r])[sel].sum() / mask[r][sel].sum()
+                count += 1
+    return total, count
+
+
+def test_per_sample_mean_equals_torch_reference():
+    import torch
+
+    from qwen25vl_jax.train.losses import per_sample_mean
+
+    rng = np.random.default_rng(1)
+    # row 0: samples of 5, 2 (one supervised token) and 6 tokens, then padding; row 1: a sample
+    # with no supervised token between two others; row 2: all padding
+    segments = np.zeros((3, 16), np.int32)
+    segments[0, :13] = [1] * 5 + [2] * 2 + [3] * 6
+    segments[1, :] = [1] * 4 + [2] * 5 + [3] * 7
+    mask = (rng.random((3, 16)) < 0.7) & (segments > 0)
+    mask[0, 5:7] = [False, True]
+    mask[1, 4:9] = False
+    mask[0, :5] = True
+    loss = rng.gamma(2.0, size=(3, 16)).astype(np.float32)
+    weights = float(rng.normal())
+
+    total, count = per_sample_mean(jnp.asarray(loss), jnp.asarray(mask, jnp.float32), segments)
+    t_loss = torch.tensor(loss, dtype=torch.float64, requires_grad=True)
+    t_total, t_count = torch_per_sample_mean(
+        t_loss, torch.tensor(mask, dtype=torch.float64), torch.tensor(segments)
+    )
+    assert float(count) == t_count == 5
+    np.testing.assert_allclose(float(total), t_total.item(), rtol=1e-6)
+    # a token of a short sample weighs more than one of a long sample: not the token mean
+    assert abs(float(total) / float(count) - (loss * mask).sum() / mask.sum()) > 1e-3
+    (t_total * weights).backward()
+    grad = jax.grad(
+        lambda x: per_sample_mean(x, jnp.asarray(mask, jnp.float32), segments)[0] * weights
+    )(jnp.asarray(loss))
+    np.testing.assert_allclose(grad, t_loss.grad.numpy(), rtol=1e-6, atol=1e-7)

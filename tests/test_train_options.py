@@ -20,9 +20,16 @@ from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.hf_weights import expected_names
 from qwen25vl_jax.model.options import RunOptions
 from qwen25vl_jax.model.qwen25vl import Qwen25VL
+from qwen25vl_jax.sharding import make_mesh
+from qwen25vl_jax.train.losses import token_logprobs
 from qwen25vl_jax.train.optimizer import OptimConfig, make_optimizer, schedule
-from qwen25vl_jax.train.step import NextTokenLoss, objective_sums
+from qwen25vl_jax.train.step import (
+    NextTokenLoss,
+    SampleMeanLoss,
+    objective_sums,
+)
 from qwen25vl_jax.train.synthetic import SyntheticBatches
+from qwen25vl_jax.train.trainer import StepConfig, Trainer
 
 CFG = ModelConfig.tiny()
 
@@ -60,6 +67,38 @@ def test_remat_policies_give_the_gradients_of_no_remat():
             scale = float(np.linalg.norm(ref[k]))
             diff = float(np.linalg.norm(grads[policy][k] - ref[k]))
             assert scale > 0 and diff <= 1e-5 * scale, (policy, k, diff / max(scale, 1e-30))
+
+
+def test_sample_average_weighs_each_packed_sample_the_same():
+    """`StepConfig(loss_average="sample")` trains on `SampleMeanLoss`: each packed sample's mean
+    token loss, averaged over samples (the torch reference of the formula is in test_losses)."""
+    model = Qwen25VL(CFG, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.graphdef(model), flat_params(model)
+    batch = next(SyntheticBatches(CFG, Bucket(96, 16 * 48), batch_size=2, seed=1))
+    opts = RunOptions()
+    logp = np.asarray(
+        token_logprobs(model.hidden(batch, opts), model.decoder.logits, batch.targets)
+    )
+    mask, segs = np.asarray(batch.loss_mask), np.asarray(batch.segment_ids)
+    means = [
+        -(logp[r] * mask[r])[segs[r] == s].sum() / mask[r][segs[r] == s].sum()
+        for r in range(segs.shape[0]) for s in set(segs[r][mask[r] > 0].tolist())
+    ]  # fmt: skip
+    assert len(means) >= 3
+    mesh = make_mesh(1, 1, 1)
+    objective = Trainer(
+        CFG, OptimConfig(), opts, mesh, step=StepConfig(loss_average="sample")
+    ).objective
+    assert type(objective) is SampleMeanLoss
+    total, (count, _) = objective_sums(
+        params, {}, batch, graphdef=graphdef, opts=opts, objective=objective
+    )
+    assert float(count) == len(means)
+    np.testing.assert_allclose(float(total), sum(means), rtol=1e-5)
+    token_mean = -(logp * mask).sum() / mask.sum()
+    assert abs(float(total) / float(count) - token_mean) > 1e-4  # the two averages differ here
+    with pytest.raises(ValueError, match="loss_average"):
+        StepConfig(loss_average="segment")
 
 
 def group(path: str) -> str:

@@ -61,3 +61,23 @@ def chunked_cross_entropy(
     """
     logp = token_logprobs(hidden, logits_fn, targets, chunk=chunk, unroll=unroll)
     return -(logp * mask).sum(), mask.sum()
+
+
+def per_sample_mean(
+    token_loss: jax.Array, mask: jax.Array, segment_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(sum over samples of each sample's mean token loss, number of samples with a supervised
+    token): float32 scalars.
+
+    token_loss, mask: float32 [B, L]; segment_ids: int [B, L], one id per packed sample of a
+    row (0 = padding, never supervised). Sums run per (row, segment) with `segment_sum`, so
+    nothing of size [L, L] is formed.
+    """
+    b, length = segment_ids.shape
+    ids = (jnp.arange(b, dtype=jnp.int32)[:, None] * length + segment_ids).reshape(-1)
+    seg_sum = lambda x: jax.ops.segment_sum(x.reshape(-1), ids, b * length)  # noqa: E731
+    loss, tokens = seg_sum(token_loss * mask), seg_sum(mask)
+    has = tokens > 0
+    return jnp.where(has, loss / jnp.where(has, tokens, 1.0), 0.0).sum(), has.sum().astype(
+        jnp.float32
+    )

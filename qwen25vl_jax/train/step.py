@@ -21,7 +21,7 @@ from flax import nnx
 from qwen25vl_jax.model.inputs import Batch, split_batch
 from qwen25vl_jax.model.qwen25vl import Qwen25VL, RunOptions
 from qwen25vl_jax.param_paths import unflatten
-from qwen25vl_jax.train.losses import chunked_cross_entropy
+from qwen25vl_jax.train.losses import chunked_cross_entropy, per_sample_mean, token_logprobs
 
 
 @jax.tree_util.register_dataclass
@@ -82,6 +82,39 @@ class NextTokenLoss:
             unroll=opts.unroll,
         )
         return total, count, {}
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleMeanLoss:
+    """Next-token cross-entropy averaged per sample, then over samples: each packed sample
+    (segment) weighs the same whatever its number of supervised tokens, where `NextTokenLoss`
+    weighs each token the same (a 2-token answer then counts 1/16 of a 33-token one).
+
+    chunk: as `NextTokenLoss`."""
+
+    chunk: int = 1024
+    batch_type: ClassVar[type] = Batch
+    count_name: ClassVar[str] = "supervised_samples"
+    metric_names: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, model: Qwen25VL, batch: Batch, opts: RunOptions):
+        hidden = model.hidden(batch, opts)
+        logp = token_logprobs(
+            hidden, model.decoder.logits, batch.targets, chunk=self.chunk, unroll=opts.unroll
+        )
+        total, count = per_sample_mean(-logp, batch.loss_mask, batch.segment_ids)
+        return total, count, {}
+
+
+LOSS_AVERAGES = ("token", "sample")
+
+
+def next_token_objective(average: str, chunk: int) -> Objective:
+    """The next-token objective for `StepConfig.loss_average`: "token" or "sample"."""
+    kinds = dict(zip(LOSS_AVERAGES, (NextTokenLoss, SampleMeanLoss)))
+    if average not in kinds:
+        raise ValueError(f"loss_average must be one of {LOSS_AVERAGES}: {average!r}")
+    return kinds[average](chunk=chunk)
 
 
 def objective_sums(

@@ -41,10 +41,18 @@ class StepConfig:
 
     accum_steps: micro-batches per optimizer step (the batch's rows split evenly). loss_chunk:
     positions per chunk of the cross-entropy, so the [chunk, vocab] logits are the largest
-    buffer of the loss."""
+    buffer of the loss. loss_average: "token" (every supervised token weighs the same) or
+    "sample" (every packed sample does: `step.SampleMeanLoss`)."""
 
     accum_steps: int = 1
     loss_chunk: int = 1024
+    loss_average: str = "token"
+
+    def __post_init__(self):
+        if self.loss_average not in step_lib.LOSS_AVERAGES:
+            raise ValueError(
+                f"loss_average must be one of {step_lib.LOSS_AVERAGES}: {self.loss_average!r}"
+            )
 
 
 def init_params(model_cfg: ModelConfig, seed: int, shardings: dict) -> dict[str, jax.Array]:
@@ -81,7 +89,9 @@ class Trainer:
         async_save: bool = True,
     ):
         self.model_cfg, self.optim, self.opts, self.mesh = model_cfg, optim, opts, mesh
-        self.objective = objective or step_lib.NextTokenLoss(chunk=step.loss_chunk)
+        self.objective = objective or step_lib.next_token_objective(
+            step.loss_average, step.loss_chunk
+        )
         self.replicated = NamedSharding(mesh, PartitionSpec())
         graphdef, abstract_state = nnx.split(
             nnx.eval_shape(lambda: Qwen25VL(model_cfg, rngs=nnx.Rngs(0)))
