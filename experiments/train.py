@@ -151,6 +151,7 @@ def make_data(c, model_cfg: ModelConfig):
         seed=c.train.seed,
         num_epochs=None,
         num_workers=d.workers,
+        sample_cache_mb=d.sample_cache_mb,
         oversize=d.oversize,
         on_bad_record=d.bad_records,
         pad_id=model_cfg.bos_token_id,

@@ -16,6 +16,7 @@ from qwen25vl_jax.data.iterator_state import restore_iterator_state, save_iterat
 from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
 from qwen25vl_jax.data.pipeline_counts import efficiency
+from qwen25vl_jax.data.record_sources import RecordSource
 from qwen25vl_jax.data.records import RecordError, record_to_sample
 from qwen25vl_jax.data.window_plan import plan_window
 from tests.test_records import CFG, OPTS, cached_tokenizer, write_image, write_jsonl
@@ -154,6 +155,40 @@ def test_parallel_workers_same_batches_and_resume(corpus, tok, tmp_path):
     second = make_train_iterator(par, CFG, tokenizer=tok, process_index=0, process_count=1)
     restore_iterator_state(tmp_path / "ckpt", second)
     assert_batches_equal(list(second), reference[k:])
+
+
+def test_sample_cache_serves_later_epochs_with_the_same_batches(corpus, tok, monkeypatch):
+    """With sample_cache_mb each record is preprocessed once over three epochs and the batches
+    are those of the uncached pipeline (in-process and with 2 workers); a budget of 4 samples
+    caches 4; a cached sample cannot be written into."""
+    from qwen25vl_jax.data import preprocess
+
+    conf = config(corpus, num_epochs=3)
+    reference, _ = run(conf, tok)
+    calls = []
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return record_to_sample(*a, **kw)
+
+    monkeypatch.setattr(preprocess, "record_to_sample", counted)
+    cached, _ = run(dataclasses.replace(conf, sample_cache_mb=64), tok)
+    assert_batches_equal(cached, reference)
+    assert len(calls) == N
+    prep = preprocess.Preprocess(CFG, tok, dataclasses.replace(conf, sample_cache_mb=64))
+    raw = RecordSource(conf.paths)[0]
+    first = prep(0, raw)["sample"]
+    assert prep(N, raw)["sample"] is first
+    with pytest.raises(ValueError, match="read-only"):
+        first.input_ids[0] = 1
+    calls.clear()
+    monkeypatch.setattr(preprocess, "sample_nbytes", lambda sample: 2**18)
+    cached, _ = run(dataclasses.replace(conf, sample_cache_mb=1), tok)
+    assert_batches_equal(cached, reference)
+    assert len(calls) == 3 * N - 2 * 4
+    monkeypatch.undo()
+    par = dataclasses.replace(conf, sample_cache_mb=64, num_workers=2)
+    assert_batches_equal(run(par, tok)[0], reference)
 
 
 def test_two_processes_read_disjoint_shards_covering_the_data(corpus, tok):

@@ -100,6 +100,8 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
             "num_slots": slots,
             "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
             "workers": 0,
+            # MiB of preprocessed samples each preprocessing process keeps for later epochs
+            "sample_cache_mb": 0,
             "oversize": "truncate",
             "bad_records": "skip",
             # skipped records: this many in a row stop training; a warning above this fraction

@@ -65,7 +65,8 @@ class PipelineConfig:
     epoch). num_workers: preprocessing processes (0 = in this process); worker_buffer_size:
     samples each buffers (default lookahead / num_workers: the workers prepare the next window
     while this one is packed); read_threads and prefetch: threads and buffered elements per
-    process.
+    process. sample_cache_mb: MiB of preprocessed samples each preprocessing process keeps to
+    serve later epochs without decoding again (0 = none; see `Preprocess`).
     """
 
     paths: tuple[str, ...]
@@ -79,6 +80,7 @@ class PipelineConfig:
     worker_buffer_size: int | None = None
     read_threads: int = 0
     prefetch: int = 4
+    sample_cache_mb: int = 0
     lookahead: int = 32
     min_fill: float = 0.97
     max_carry: int | None = None

@@ -35,16 +35,45 @@ def fit_sample(
     raise RecordError(record_id, "too_long", why)
 
 
+def sample_nbytes(sample: Sample) -> int:
+    """Bytes of a sample's arrays (token ids, mask, positions, media patches)."""
+    arrays = (sample.input_ids, sample.loss_mask, sample.positions)
+    return sum(a.nbytes for a in arrays) + sum(m.patches.nbytes for m in sample.media)
+
+
+def read_only(sample: Sample) -> Sample:
+    """`sample` with its arrays made read-only: a cached sample is handed out again and again,
+    so a consumer that wrote into one would change every later copy; now it raises instead."""
+    for a in (
+        sample.input_ids,
+        sample.loss_mask,
+        sample.positions,
+        *(m.patches for m in sample.media),
+    ):
+        a.flags.writeable = False
+    return sample
+
+
 class Preprocess:
     """The worker-side map: (index, (record_id, payload bytes)) -> {"sample", "truncated",
     "index"} or, when bad records are skipped, {"error": reason, "record_id", "detail"}.
-    Picklable into Grain workers."""
+    Picklable into Grain workers.
+
+    With ``config.sample_cache_mb`` > 0 each process keeps the samples it made, by record id,
+    until they fill that many MiB, and serves the record's later epochs from memory: decoding
+    and resizing are most of a sample's cost, and preprocessing is a pure function of the
+    record. Bad records are not cached (each epoch reports them again)."""
 
     def __init__(self, cfg: ModelConfig, tokenizer: Any, config: PipelineConfig):
         self.cfg, self.tokenizer, self.config = cfg, tokenizer, config
+        self._cache: dict[str, tuple[Sample, bool]] = {}
+        self._cache_bytes = 0
 
     def __call__(self, index: int, raw: tuple[str, bytes]) -> dict[str, Any]:
         record_id, payload = raw
+        if record_id in self._cache:
+            sample, cut = self._cache[record_id]
+            return {"sample": sample, "truncated": cut, "index": index}
         c = self.config
         try:
             sample = record_to_sample(
@@ -55,4 +84,8 @@ class Preprocess:
             if c.on_bad_record == "raise":
                 raise
             return {"error": err.reason, "record_id": err.record_id, "detail": err.detail}
+        size = sample_nbytes(sample)
+        if self._cache_bytes + size <= c.sample_cache_mb * 2**20:
+            self._cache[record_id] = (read_only(sample), cut)
+            self._cache_bytes += size
         return {"sample": sample, "truncated": cut, "index": index}
