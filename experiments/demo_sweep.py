@@ -54,6 +54,7 @@ VARIANTS = {
     # (the demo's setting since; "token_average" is the one before)
     "sample_average": {"overrides": ["--config.step.loss_average=sample"]},
     "token_average": {"overrides": ["--config.step.loss_average=token"]},
+    "sqrt_average": {"overrides": ["--config.step.loss_average=sqrt"]},
 }
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
 

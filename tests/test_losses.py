@@ -36,21 +36,24 @@ def test_token_logprobs_equal_log_softmax(chunk):
     assert float(count) == float(mask.sum())
 
 
-def torch_per_sample_mean(token_loss, mask, segment_ids):
-    """The reference: every (row, segment > 0) with a supervised token adds its mean loss."""
+def torch_per_sample_mean(token_loss, mask, segment_ids, power):
+    """The reference: every (row, segment > 0) with n supervised tokens adds n**power times
+    its mean loss to the total and n**power to the count."""
     import torch
 
-    total, count = token_loss.new_zeros(()), 0
+    total, count = token_loss.new_zeros(()), 0.0
     for r in range(segment_ids.shape[0]):
         for s in torch.unique(segment_ids[r]).tolist():
             sel = (segment_ids[r] == s) & (mask[r] > 0)
             if s > 0 and sel.any():
-                total = total + (token_loss[r] * mask[r])[sel].sum() / mask[r][sel].sum()
-                count += 1
+                n = mask[r][sel].sum()
+                total = total + n**power * (token_loss[r] * mask[r])[sel].sum() / n
+                count += float(n**power)
     return total, count
 
 
-def test_per_sample_mean_equals_torch_reference():
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_per_sample_mean_equals_torch_reference(power):
     import torch
 
     from qwen25vl_jax.train.losses import per_sample_mean
@@ -67,18 +70,24 @@ def test_per_sample_mean_equals_torch_reference():
     mask[0, :5] = True
     loss = rng.gamma(2.0, size=(3, 16)).astype(np.float32)
     weights = float(rng.normal())
+    fmask = jnp.asarray(mask, jnp.float32)
 
-    total, count = per_sample_mean(jnp.asarray(loss), jnp.asarray(mask, jnp.float32), segments)
+    total, count = per_sample_mean(jnp.asarray(loss), fmask, segments, power)
     t_loss = torch.tensor(loss, dtype=torch.float64, requires_grad=True)
     t_total, t_count = torch_per_sample_mean(
-        t_loss, torch.tensor(mask, dtype=torch.float64), torch.tensor(segments)
+        t_loss, torch.tensor(mask, dtype=torch.float64), torch.tensor(segments), power
     )
-    assert float(count) == t_count == 5
+    np.testing.assert_allclose(float(count), t_count, rtol=1e-6)
     np.testing.assert_allclose(float(total), t_total.item(), rtol=1e-6)
-    # a token of a short sample weighs more than one of a long sample: not the token mean
-    assert abs(float(total) / float(count) - (loss * mask).sum() / mask.sum()) > 1e-3
+    token_mean = (loss * mask).sum() / mask.sum()
+    if power == 0.0:
+        assert float(count) == 5  # samples with a supervised token
+    if power == 1.0:  # the per-token average
+        np.testing.assert_allclose(float(total) / float(count), token_mean, rtol=1e-6)
+    else:  # a token of a short sample weighs more than one of a long sample
+        assert abs(float(total) / float(count) - token_mean) > 1e-3
     (t_total * weights).backward()
-    grad = jax.grad(
-        lambda x: per_sample_mean(x, jnp.asarray(mask, jnp.float32), segments)[0] * weights
-    )(jnp.asarray(loss))
+    grad = jax.grad(lambda x: per_sample_mean(x, fmask, segments, power)[0] * weights)(
+        jnp.asarray(loss)
+    )
     np.testing.assert_allclose(grad, t_loss.grad.numpy(), rtol=1e-6, atol=1e-7)

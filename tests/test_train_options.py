@@ -69,9 +69,11 @@ def test_remat_policies_give_the_gradients_of_no_remat():
             assert scale > 0 and diff <= 1e-5 * scale, (policy, k, diff / max(scale, 1e-30))
 
 
-def test_sample_average_weighs_each_packed_sample_the_same():
-    """`StepConfig(loss_average="sample")` trains on `SampleMeanLoss`: each packed sample's mean
-    token loss, averaged over samples (the torch reference of the formula is in test_losses)."""
+@pytest.mark.parametrize("average,power", [("sample", 0.0), ("sqrt", 0.5)])
+def test_sample_averages_weigh_packed_samples(average, power):
+    """`StepConfig(loss_average=...)` trains on `SampleMeanLoss`: each packed sample's mean
+    token loss, weighted by n ** power for its n supervised tokens (the torch reference of the
+    formula is in test_losses)."""
     model = Qwen25VL(CFG, rngs=nnx.Rngs(0))
     graphdef, params = nnx.graphdef(model), flat_params(model)
     batch = next(SyntheticBatches(CFG, Bucket(96, 16 * 48), batch_size=2, seed=1))
@@ -80,23 +82,24 @@ def test_sample_average_weighs_each_packed_sample_the_same():
         token_logprobs(model.hidden(batch, opts), model.decoder.logits, batch.targets)
     )
     mask, segs = np.asarray(batch.loss_mask), np.asarray(batch.segment_ids)
-    means = [
-        -(logp[r] * mask[r])[segs[r] == s].sum() / mask[r][segs[r] == s].sum()
+    per_sample = [
+        (-(logp[r] * mask[r])[segs[r] == s].sum(), mask[r][segs[r] == s].sum())
         for r in range(segs.shape[0]) for s in set(segs[r][mask[r] > 0].tolist())
     ]  # fmt: skip
-    assert len(means) >= 3
+    assert len(per_sample) >= 3 and len({n for _, n in per_sample}) >= 2
     mesh = make_mesh(1, 1, 1)
-    objective = Trainer(
-        CFG, OptimConfig(), opts, mesh, step=StepConfig(loss_average="sample")
-    ).objective
-    assert type(objective) is SampleMeanLoss
+    step = StepConfig(loss_average=average)
+    objective = Trainer(CFG, OptimConfig(), opts, mesh, step=step).objective
+    assert type(objective) is SampleMeanLoss and objective.power == power
     total, (count, _) = objective_sums(
         params, {}, batch, graphdef=graphdef, opts=opts, objective=objective
     )
-    assert float(count) == len(means)
-    np.testing.assert_allclose(float(total), sum(means), rtol=1e-5)
+    np.testing.assert_allclose(float(count), sum(n**power for _, n in per_sample), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(total), sum(n**power * loss / n for loss, n in per_sample), rtol=1e-5
+    )
     token_mean = -(logp * mask).sum() / mask.sum()
-    assert abs(float(total) / float(count) - token_mean) > 1e-4  # the two averages differ here
+    assert abs(float(total) / float(count) - token_mean) > 1e-4  # not the per-token average
     with pytest.raises(ValueError, match="loss_average"):
         StepConfig(loss_average="segment")
 

@@ -64,10 +64,11 @@ def chunked_cross_entropy(
 
 
 def per_sample_mean(
-    token_loss: jax.Array, mask: jax.Array, segment_ids: jax.Array
+    token_loss: jax.Array, mask: jax.Array, segment_ids: jax.Array, power: float = 0.0
 ) -> tuple[jax.Array, jax.Array]:
-    """(sum over samples of each sample's mean token loss, number of samples with a supervised
-    token): float32 scalars.
+    """Each packed sample's mean token loss, weighted by n ** power for its n supervised tokens:
+    (sum over samples of n ** power * mean, sum over samples of n ** power), float32 scalars.
+    Their ratio is the per-sample average for power 0 and the per-token one for power 1.
 
     token_loss, mask: float32 [B, L]; segment_ids: int [B, L], one id per packed sample of a
     row (0 = padding, never supervised). Sums run per (row, segment) with `segment_sum`, so
@@ -78,6 +79,6 @@ def per_sample_mean(
     seg_sum = lambda x: jax.ops.segment_sum(x.reshape(-1), ids, b * length)  # noqa: E731
     loss, tokens = seg_sum(token_loss * mask), seg_sum(mask)
     has = tokens > 0
-    return jnp.where(has, loss / jnp.where(has, tokens, 1.0), 0.0).sum(), has.sum().astype(
-        jnp.float32
-    )
+    n = jnp.where(has, tokens, 1.0)
+    weight = jnp.where(has, n**power, 0.0)
+    return (weight * loss / n).sum(), weight.sum()

@@ -86,15 +86,17 @@ class NextTokenLoss:
 
 @dataclasses.dataclass(frozen=True)
 class SampleMeanLoss:
-    """Next-token cross-entropy averaged per sample, then over samples: each packed sample
-    (segment) weighs the same whatever its number of supervised tokens, where `NextTokenLoss`
-    weighs each token the same (a 2-token answer then counts 1/16 of a 33-token one).
+    """Next-token cross-entropy averaged per packed sample (segment), then over samples with
+    weights n ** power for a sample of n supervised tokens. `NextTokenLoss` weighs every token
+    the same (power 1): a 2-token answer then counts 1/16 of a 33-token one; power 0 weighs
+    every sample the same, power 0.5 is between (1/4).
 
-    chunk: as `NextTokenLoss`."""
+    chunk: as `NextTokenLoss`. The count is the sum of the weights (samples, for power 0)."""
 
+    power: float = 0.0
     chunk: int = 1024
     batch_type: ClassVar[type] = Batch
-    count_name: ClassVar[str] = "supervised_samples"
+    count_name: ClassVar[str] = "sample_weight"
     metric_names: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, model: Qwen25VL, batch: Batch, opts: RunOptions):
@@ -102,19 +104,22 @@ class SampleMeanLoss:
         logp = token_logprobs(
             hidden, model.decoder.logits, batch.targets, chunk=self.chunk, unroll=opts.unroll
         )
-        total, count = per_sample_mean(-logp, batch.loss_mask, batch.segment_ids)
+        total, count = per_sample_mean(-logp, batch.loss_mask, batch.segment_ids, self.power)
         return total, count, {}
 
 
-LOSS_AVERAGES = ("token", "sample")
+# StepConfig.loss_average: what weighs the same in the next-token objective
+LOSS_AVERAGES = ("token", "sample", "sqrt")
 
 
 def next_token_objective(average: str, chunk: int) -> Objective:
-    """The next-token objective for `StepConfig.loss_average`: "token" or "sample"."""
-    kinds = dict(zip(LOSS_AVERAGES, (NextTokenLoss, SampleMeanLoss)))
-    if average not in kinds:
+    """The next-token objective for `StepConfig.loss_average`: every supervised token weighs
+    the same ("token"), every packed sample ("sample"), or a sample of n tokens sqrt(n)."""
+    if average == "token":
+        return NextTokenLoss(chunk=chunk)
+    if average not in LOSS_AVERAGES:
         raise ValueError(f"loss_average must be one of {LOSS_AVERAGES}: {average!r}")
-    return kinds[average](chunk=chunk)
+    return SampleMeanLoss(power=0.0 if average == "sample" else 0.5, chunk=chunk)
 
 
 def objective_sums(

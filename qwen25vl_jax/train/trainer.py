@@ -41,8 +41,9 @@ class StepConfig:
 
     accum_steps: micro-batches per optimizer step (the batch's rows split evenly). loss_chunk:
     positions per chunk of the cross-entropy, so the [chunk, vocab] logits are the largest
-    buffer of the loss. loss_average: "token" (every supervised token weighs the same) or
-    "sample" (every packed sample does: `step.SampleMeanLoss`)."""
+    buffer of the loss. loss_average: "token" (every supervised token weighs the same),
+    "sample" (every packed sample does) or "sqrt" (a sample of n tokens weighs sqrt(n)):
+    `step.SampleMeanLoss`."""
 
     accum_steps: int = 1
     loss_chunk: int = 1024
