@@ -11,7 +11,11 @@ analytic FLOPs), packed as before (by fill only) and balanced (`data/row_balance
 
 Usage: python benchmarks/pipeline_bench.py [--samples=96] [--epochs=2] [--workers=0,2]
     [--seq_len=8192] [--num_slots=32768] [--lookahead=32] [--batch_size=1] [--shards=8]
-    [--rows_per_shard=1]
+    [--rows_per_shard=1] [--cache_mb=0]
+
+With --cache_mb each worker count runs again with `PipelineConfig.sample_cache_mb`: the epochs
+after the first come from the workers' memory; the line prints the speed-up over the uncached
+run of the same worker count.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ flags.DEFINE_integer("shards", 8, "data-parallel shards for the balance figure")
 flags.DEFINE_integer("rows_per_shard", 1, "packed rows per shard in the balance figure's batch")
 flags.DEFINE_integer("cost_samples", 30, "records timed through record_to_sample alone")
 flags.DEFINE_integer("seed", 0, "corpus seed")
+flags.DEFINE_integer(
+    "cache_mb", 0, "also time each worker count with this sample_cache_mb (0: not)"
+)
 FLAGS = flags.FLAGS
 
 _TEXT = (
@@ -220,7 +227,11 @@ def main(argv):
             f"preprocessing alone: {1000 * per_sample:.0f} ms/sample "
             f"({1 / per_sample:.2f} samples/s per worker core)"
         )
-        for workers in (int(w) for w in FLAGS.workers if w):
+        runs = [(int(w), 0) for w in FLAGS.workers if w]
+        if FLAGS.cache_mb:
+            runs = [(w, mb) for w, _ in runs for mb in (0, FLAGS.cache_mb)]
+        uncached = {}
+        for workers, cache_mb in runs:
             conf = PipelineConfig(
                 paths=(path,),
                 media_root=root,
@@ -228,6 +239,7 @@ def main(argv):
                 batch_size=FLAGS.batch_size,
                 num_epochs=FLAGS.epochs,
                 num_workers=workers,
+                sample_cache_mb=cache_mb,
                 lookahead=FLAGS.lookahead,
                 on_bad_record="skip",
                 seed=FLAGS.seed,
@@ -235,6 +247,14 @@ def main(argv):
             )
             r = run_pipeline(conf, cfg, tok)
             c, eff = r["counts"], efficiency(r["counts"])
+            if cache_mb:
+                print(
+                    f"workers={workers}, sample_cache_mb={cache_mb}: {r['seconds']:.1f} s, "
+                    f"{uncached[workers] / r['seconds']:.2f}x the uncached run over "
+                    f"{FLAGS.epochs} epochs"
+                )
+                continue
+            uncached[workers] = r["seconds"]
             print(
                 f"workers={workers}: {c['samples']} samples in {r['batches']} batches, "
                 f"{r['seconds']:.1f} s -> {r['samples_per_s']:.2f} samples/s "

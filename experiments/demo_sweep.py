@@ -51,7 +51,7 @@ VARIANTS = {
     "sections655": {"model": {"mrope_section": "(6,5,5)"}},
     "theta10_sections448": {"model": {"rope_theta": 10.0, "mrope_section": "(4,4,8)"}},
     # timing answers are 2 tokens against a box's 33: each sample weighs the same, not each token
-    # (the demo's setting since; "token_average" is the one before)
+    # ("token_average" is the demo's setting before; "sqrt_average" the one since)
     "sample_average": {"overrides": ["--config.step.loss_average=sample"]},
     "token_average": {"overrides": ["--config.step.loss_average=token"]},
     "sqrt_average": {"overrides": ["--config.step.loss_average=sqrt"]},

@@ -122,6 +122,11 @@ def _record(rid: str, task: str, turns: list[tuple[str, str]], media_key: str, m
     return {"id": rid, "task": task, "messages": messages, media_key: [media]}
 
 
+def save_png(img: Image.Image, out_dir: str, path: str) -> None:
+    # zlib level 1: a third of the default's encoding time; PNG is lossless, the pixels are equal
+    img.save(os.path.join(out_dir, path), compress_level=1)
+
+
 def grounding_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
     """One shape (a random colour and kind, sides 30-50% of the shorter image side) on a plain
     canvas; asks where it is. One shape, not several: telling a named shape from distractors
@@ -131,7 +136,7 @@ def grounding_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
     img, boxes = _shape_image(rng, [(colour, kind)], GROUND_SIDE)
     label = f"{colour} {kind}"
     path = f"images/{rid}.png"
-    img.save(os.path.join(out_dir, path))
+    save_png(img, out_dir, path)
     return _record(
         rid,
         "grounding",
@@ -148,7 +153,7 @@ def counting_sample(rng: np.random.Generator, rid: str, out_dir: str) -> dict:
     shapes = [(list(COLOURS)[int(rng.integers(len(COLOURS)))], kind) for _ in range(n)]
     img, _ = _shape_image(rng, shapes, COUNT_SIDE)
     path = f"images/{rid}.png"
-    img.save(os.path.join(out_dir, path))
+    save_png(img, out_dir, path)
     return _record(rid, "counting", [(COUNT_Q.format(plural=PLURAL[kind]), str(n))], "images", path)
 
 
