@@ -85,19 +85,16 @@ class NextTokenLoss:
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleMeanLoss:
+class SampleMeanLoss(NextTokenLoss):
     """Next-token cross-entropy averaged per packed sample (segment), then over samples with
     weights n ** power for a sample of n supervised tokens. `NextTokenLoss` weighs every token
     the same (power 1): a 2-token answer then counts 1/16 of a 33-token one; power 0 weighs
     every sample the same, power 0.5 is between (1/4).
 
-    chunk: as `NextTokenLoss`. The count is the sum of the weights (samples, for power 0)."""
+    The count is the sum of the weights (samples, for power 0)."""
 
     power: float = 0.0
-    chunk: int = 1024
-    batch_type: ClassVar[type] = Batch
     count_name: ClassVar[str] = "sample_weight"
-    metric_names: ClassVar[tuple[str, ...]] = ()
 
     def __call__(self, model: Qwen25VL, batch: Batch, opts: RunOptions):
         hidden = model.hidden(batch, opts)
