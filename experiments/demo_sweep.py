@@ -56,10 +56,10 @@ VARIANTS = {
     "token_average": {"overrides": ["--config.step.loss_average=token"]},
     "sqrt_average": {"overrides": ["--config.step.loss_average=sqrt"]},
     # grounding on seed 1 with sqrt (0.422 / 0.454, bars 0.45 / 0.5): a larger step learnt it
-    # there but missed it on seed 2 (BUILD_NOTES §6, "Learning rate 3e-3"; not kept)
+    # there but missed it on seed 2 (BUILD_NOTES §6, "Learning rate 3e-3 and 1100 steps"; not kept)
     "lr3e3": {"overrides": ["--config.optim.lr=3e-3"]},
     # more steps (the schedule stretched with them), at +22% wall: seed 1's grounding did not
-    # move (0.430 / 0.458; BUILD_NOTES §6, "Learning rate 3e-3"; not kept)
+    # move (0.430 / 0.458; BUILD_NOTES §6, "Learning rate 3e-3 and 1100 steps"; not kept)
     "steps1100": {"steps": 1100},
 }
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
