@@ -8,6 +8,7 @@ import math
 import os
 
 import jax
+import jax.extend as jex
 import numpy as np
 import optax
 import pytest
@@ -38,15 +39,26 @@ def flat_params(model) -> dict[str, jax.Array]:
     return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)), sep="/")
 
 
-def test_remat_policies_give_the_gradients_of_no_remat():
+def scan_unrolls(jaxpr) -> list[tuple[int, int]]:
+    """(length, unroll) of every scan in `jaxpr` and the jaxprs nested in it."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append((eqn.params["length"], eqn.params["unroll"]))
+        for sub in jex.core.jaxprs_in_params(eqn.params):
+            out.extend(scan_unrolls(sub))
+    return out
+
+
+def test_remat_policies_and_unrolled_layers_give_the_gradients_of_the_default():
     model = Qwen25VL(CFG, rngs=nnx.Rngs(0))
     graphdef, params = nnx.graphdef(model), flat_params(model)
     batch = next(SyntheticBatches(CFG, Bucket(96, 16 * 48), batch_size=2, seed=1))
     assert batch.patches.shape[1] > 0 and batch.loss_mask.sum() > 0
 
-    def mean_loss(p, policy):
+    def mean_loss(p, policy, unroll=False):
         total, (count, _) = objective_sums(p, {}, batch, graphdef=graphdef,
-                                           opts=RunOptions(remat=policy),
+                                           opts=RunOptions(remat=policy, unroll=unroll),
                                            objective=NextTokenLoss(chunk=32))  # fmt: skip
         return total / count
 
@@ -61,8 +73,17 @@ def test_remat_policies_give_the_gradients_of_no_remat():
         grads[policy] = jax.device_get(
             jax.jit(jax.grad(mean_loss), static_argnums=1)(params, policy)
         )
+    # unrolled layer scans (the demo's setting, `run.unroll`): every scan of the step runs
+    # all its iterations in one body (a one-iteration scan stays a loop of one trip)
+    for unroll in (False, True):
+        jaxpr = jax.make_jaxpr(jax.grad(mean_loss), static_argnums=(1, 2))(params, "none", unroll)
+        scans = scan_unrolls(jaxpr.jaxpr)
+        assert max(n for n, _ in scans) >= CFG.text.num_layers, scans
+        assert all(u == (n if unroll else 1) for n, u in scans), (unroll, scans)
+    unrolled = jax.jit(jax.grad(mean_loss), static_argnums=(1, 2))
+    grads["unroll"] = jax.device_get(unrolled(params, "none", True))
     ref = grads["none"]
-    for policy in ("full", "dots"):
+    for policy in ("full", "dots", "unroll"):
         for k in ref:
             scale = float(np.linalg.norm(ref[k]))
             diff = float(np.linalg.norm(grads[policy][k] - ref[k]))
