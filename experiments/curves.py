@@ -17,6 +17,9 @@ from qwen25vl_jax.atomic_write import atomic_path
 
 MODEL_COLOUR, BASELINE_COLOUR, AXIS_COLOUR = (31, 119, 180), (214, 39, 40), (90, 90, 90)
 PANEL_COLS = 3
+# an error metric's panel stops at this multiple of its largest baseline: an untrained model's
+# first answers (a timing MAE of 5000 s at step 1) would flatten the rest of its curve
+OFF_SCALE = 4.0
 
 
 def read_losses(path: str) -> list[tuple[int, float]]:
@@ -26,13 +29,19 @@ def read_losses(path: str) -> list[tuple[int, float]]:
     return sorted((int(r["step"]), float(r["loss"])) for r in rows if "loss" in r)
 
 
-def _panel(draw, box, title: str, series, x_range) -> None:
+def _panel(draw, box, title: str, series, x_range, y_max: float | None = None) -> None:
     """One chart inside box (x0, y0, x1, y1): axes, min / max labels, and each
-    (points, colour, dashed) series of (x, y) points as a polyline with dots."""
+    (points, colour, dashed) series of (x, y) points as a polyline with dots. y_max: points
+    above it are drawn at it, and the panel names the largest of them."""
     x0, y0, x1, y1 = box
     left, top, right, bottom = x0 + 52, y0 + 22, x1 - 10, y1 - 22
     draw.text((x0 + 6, y0 + 4), title, fill="black")
     draw.rectangle((left, top, right, bottom), outline=AXIS_COLOUR)
+    above = [(y, x) for pts, _, _ in series for x, y in pts if y_max is not None and y > y_max]
+    if above:
+        y, x = max(above)
+        draw.text((left + 8, top + 4), f"off scale: {y:.3g} at step {x:g}", fill=AXIS_COLOUR)
+        series = [([(x, min(y, y_max)) for x, y in pts], c, d) for pts, c, d in series]
     ys = [y for pts, _, _ in series for _, y in pts]
     if not ys:
         draw.text((left + 8, top + 8), "no data", fill=AXIS_COLOUR)
@@ -87,7 +96,7 @@ def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -
     legend = "blue: model; red, dashed: its strongest trivial baseline"
     steps = [s for s, _ in losses] + [p["step"] for p in points]
     x_range = (min(steps, default=0), max(steps, default=1))
-    panels = [("training loss", [(list(losses), MODEL_COLOUR, False)])]
+    panels = [("training loss", [(list(losses), MODEL_COLOUR, False)], None)]
     for m in names:
         task, better, desc = METRICS[m]
         at = [p for p in points if m in p["metrics"]]
@@ -99,18 +108,21 @@ def draw_curves(losses, points, path: str, size: tuple[int, int] = (960, 540)) -
         ]
         ns = sorted({p["metrics"][m].get("n", p.get("n")) for p in at} - {None})
         n = f", n {'/'.join(map(str, ns))}" if ns else ""
+        y_max = OFF_SCALE * max(y for _, y in base) if better == "lower" and base else None
         panels.append(
             (
                 f"{task}: {desc} ({better} is better{n})",
                 [(model, MODEL_COLOUR, False), (base, BASELINE_COLOUR, True)],
+                y_max,
             )
         )
     draw_panels(panels, path, legend, x_range, size)
 
 
 def draw_panels(panels, path: str, legend: str, x_range, size=(960, 540)) -> None:
-    """Writes a PNG of `size` holding one chart per (title, series) of `panels`, PANEL_COLS a
-    row, under the line `legend`; series: [(points [(x, y)], colour, dashed)]. Atomic."""
+    """Writes a PNG of `size` holding one chart per (title, series, y_max) of `panels`,
+    PANEL_COLS a row, under the line `legend`; series: [(points [(x, y)], colour, dashed)];
+    y_max: see `_panel` (None: every point in range). Atomic."""
     from PIL import Image, ImageDraw
 
     rows = -(-len(panels) // PANEL_COLS)
@@ -119,8 +131,8 @@ def draw_panels(panels, path: str, legend: str, x_range, size=(960, 540)) -> Non
     canvas = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((8, 6), legend, fill="black")
-    for k, (title, series) in enumerate(panels):
+    for k, (title, series, y_max) in enumerate(panels):
         x, y = (k % PANEL_COLS) * pw, 24 + (k // PANEL_COLS) * ph
-        _panel(draw, (x, y, x + pw, y + ph), title, series, x_range)
+        _panel(draw, (x, y, x + pw, y + ph), title, series, x_range, y_max)
     with atomic_path(path) as tmp:  # a killed run leaves no half-written PNG
         canvas.save(tmp, format="PNG")

@@ -94,7 +94,7 @@ def draw_rewards(history: list[dict], path: str) -> None:
     from experiments.curves import MODEL_COLOUR, draw_panels
 
     panels = [
-        (name, [([(h["step"], h[name]) for h in history if name in h], MODEL_COLOUR, False)])
+        (name, [([(h["step"], h[name]) for h in history if name in h], MODEL_COLOUR, False)], None)
         for name in CURVES
         if any(name in h for h in history)
     ]

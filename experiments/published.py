@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import statistics
 
-# python -m experiments.demo_sweep --variants=<v> --seeds=S --num_eval=400 for S in 0-4 (README
-# "What it reached"; BUILD_NOTES §6 "Loss averaging and the sample cache"): the config of commit
-# 3333621, loss_average sqrt (seeds 1-2 as variant sqrt_average on the commit before, seeds 0, 3,
-# 4 as variant demo from a fresh clone of 57db40c; the batches and the training are the same)
+# python -m experiments.demo_sweep --variants=steps1100 --seeds=S --num_eval=400 for S in 0-4
+# from a clone of 658ae00 (README "What it reached"; BUILD_NOTES §6 "Unrolled layers and 1100
+# steps"): the demo config of 460b0aa (1100 unrolled steps), the same batches and training
 DEMO = {
-    "date": "2026-12-01",
-    "machine": "2 CPU cores, load average 1.4 (seeds 1, 2), 3.3-3.7 (0, 3, 4: tests beside)",
-    "steps": 900,
+    "date": "2026-12-02",
+    "machine": "2 CPU cores (AMD EPYC), one run at a time, load average 1.2-1.6",
+    "steps": 1100,
     "seeds": {
-        0: {"mean_iou": 0.508, "acc_iou50": 0.592, "count_acc": 0.583, "time_mae": 0.000},
-        1: {"mean_iou": 0.422, "acc_iou50": 0.454, "count_acc": 0.367, "time_mae": 0.000},
-        2: {"mean_iou": 0.559, "acc_iou50": 0.671, "count_acc": 0.633, "time_mae": 0.090},
-        3: {"mean_iou": 0.520, "acc_iou50": 0.658, "count_acc": 0.550, "time_mae": 0.000},
-        4: {"mean_iou": 0.613, "acc_iou50": 0.783, "count_acc": 0.683, "time_mae": 0.050},
+        0: {"mean_iou": 0.608, "acc_iou50": 0.775, "count_acc": 0.667, "time_mae": 0.000},
+        1: {"mean_iou": 0.455, "acc_iou50": 0.512, "count_acc": 0.483, "time_mae": 0.000},
+        2: {"mean_iou": 0.567, "acc_iou50": 0.708, "count_acc": 0.683, "time_mae": 0.000},
+        3: {"mean_iou": 0.430, "acc_iou50": 0.487, "count_acc": 0.517, "time_mae": 0.000},
+        4: {"mean_iou": 0.622, "acc_iou50": 0.792, "count_acc": 0.567, "time_mae": 0.000},
     },
 }
 

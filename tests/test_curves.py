@@ -105,3 +105,20 @@ def test_curves_png(tmp_path):
     # a falling loss: its curve is high at the left of its panel and low at the right
     rows, cols = np.nonzero((img[:, :third] == MODEL_COLOUR).all(-1))
     assert rows[cols < cols.min() + 10].mean() < rows[cols > cols.max() - 10].mean()
+
+
+def test_an_off_scale_error_keeps_the_rest_of_its_curve_readable(tmp_path):
+    """An untrained model's first timing answers (MAE 5000 s at step 1) are drawn at the top of
+    the panel (`OFF_SCALE` x the baseline), not stretched over it: the later fall from 0.9 to
+    0.05 s still spans tens of pixels."""
+    path, points = fake_run(tmp_path)
+    first = {"step": 1, "n": 40, "metrics": {
+        "mean_iou": {"model": 0.0, "baseline": 0.15, "n": 24},
+        "time_mae": {"model": 5000.0, "baseline": 0.93, "n": 10},
+    }}  # fmt: skip
+    out = str(tmp_path / "curves.png")
+    draw_curves(read_losses(path), [first, *points], out, size=SIZE)
+    panel = pixels(out)[:, 2 * SIZE[0] // 3 :]  # the timing panel
+    rows, cols = np.nonzero((panel == MODEL_COLOUR).all(-1))
+    late = cols > 125  # right of step 100 (x range 1-200 over the plot's columns 52-190)
+    assert late.sum() > 10 and np.ptp(rows[late]) > 30, np.ptp(rows[late]) if late.any() else 0
