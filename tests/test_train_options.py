@@ -1,6 +1,6 @@
-"""Training options users run: remat policies give the gradients of no remat, weight decay
-skips norms / biases / embeddings, each module group steps at its own learning rate, and the
-stage configs (sft, stage1, stage3) load and train."""
+"""Training options users run: remat policies and unrolled layer scans give the gradients of
+the default, weight decay skips norms / biases / embeddings, each module group steps at its own
+learning rate, and the stage configs (sft, stage1, stage3) load and train."""
 
 from __future__ import annotations
 
