@@ -24,7 +24,7 @@ format: setup
 test: lint
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q
 
-# the main job: synthetic data -> training from scratch -> evaluation, ~9 minutes on 2 CPU cores
+# the main job: synthetic data -> training from scratch -> evaluation, 8-10 minutes on 2 CPU cores
 demo: setup
 	JAX_PLATFORMS=cpu $(PY) -m experiments.demo
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import statistics
 
-# python -m experiments.demo_sweep --variants=steps1100 --seeds=S --num_eval=400 for S in 0-4
-# from a clone of 658ae00 (README "What it reached"; BUILD_NOTES §6 "Unrolled layers and 1100
-# steps"): the demo config of 460b0aa (1100 unrolled steps), the same batches and training
+# python -m experiments.demo_sweep --variants=layers5 --seeds=S --num_eval=400 for S in 0-4
+# from a clone of 834482c (README "What it reached"; BUILD_NOTES §6 "A fifth decoder layer"):
+# the demo config of 91a42c1 (5 decoder layers, 1100 unrolled steps), the same batches and
+# training
 DEMO = {
     "date": "2026-12-02",
-    "machine": "2 CPU cores (AMD EPYC), one run at a time, load average 1.2-1.6",
+    "machine": "2 CPU cores (AMD EPYC), one run at a time, load average 1.3-1.5",
     "steps": 1100,
     "seeds": {
-        0: {"mean_iou": 0.608, "acc_iou50": 0.775, "count_acc": 0.667, "time_mae": 0.000},
-        1: {"mean_iou": 0.455, "acc_iou50": 0.512, "count_acc": 0.483, "time_mae": 0.000},
-        2: {"mean_iou": 0.567, "acc_iou50": 0.708, "count_acc": 0.683, "time_mae": 0.000},
-        3: {"mean_iou": 0.430, "acc_iou50": 0.487, "count_acc": 0.517, "time_mae": 0.000},
-        4: {"mean_iou": 0.622, "acc_iou50": 0.792, "count_acc": 0.567, "time_mae": 0.000},
+        0: {"mean_iou": 0.624, "acc_iou50": 0.812, "count_acc": 0.750, "time_mae": 0.000},
+        1: {"mean_iou": 0.580, "acc_iou50": 0.746, "count_acc": 0.467, "time_mae": 0.030},
+        2: {"mean_iou": 0.599, "acc_iou50": 0.771, "count_acc": 0.550, "time_mae": 0.000},
+        3: {"mean_iou": 0.538, "acc_iou50": 0.633, "count_acc": 0.583, "time_mae": 0.000},
+        4: {"mean_iou": 0.516, "acc_iou50": 0.596, "count_acc": 0.400, "time_mae": 0.000},
     },
 }
 
