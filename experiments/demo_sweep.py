@@ -74,8 +74,8 @@ VARIANTS = {
     # layer"; neither adopted)
     "mix65_12": {"mix": [0.65, 0.12, 0.23]},
     "mix65_10": {"mix": [0.65, 0.1, 0.25]},
-    # a 5th decoder layer: every bar on seeds 0-4 (BUILD_NOTES §6, "A fifth decoder layer"), and
-    # the demo config took it; "layers4" is the config before (the published figures of 658ae00)
+    # a 5th decoder layer: every bar on seeds 0-4, not on 5 and 6 (BUILD_NOTES §6, "A fifth
+    # decoder layer"); the demo config took it. "layers4": the config before (658ae00's figures)
     "layers5": {"model": {"num_layers": 5}},
     "layers4": {"model": {"num_layers": 4}},
 }
