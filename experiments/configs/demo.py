@@ -11,9 +11,9 @@ tokenizer's vocabulary size; by hand:
 
 The model: ViT 3 blocks x 64 (window 56 = 2x2 merge units, block 1 full attention), decoder 5
 layers x 128 (4 heads of 32, 2 kv heads). 4 layers rather than 3 made grounding learn on more
-seeds; 5 rather than 4 (+15% a step) met every bar on seeds 0-4, where 4 layers missed
-grounding on seed 3 and changes of the data mix moved the miss to other seeds, but not on seeds
-5 (counting, by one question) and 6 (timing not learnt) (BUILD_NOTES §6).
+seeds; 5 rather than 4 (+15% a step): every bar on seeds 0-4, where 4 layers missed grounding
+on seed 3 (and changes of the data mix moved the miss to other seeds). On fresh seeds 5 and 6,
+counting missed its bar by one question and timing was not learnt (BUILD_NOTES §6).
 
 rope_theta 5 and mrope_section (4, 6, 6): MRoPE gives time the highest rotary frequencies,
 height the middle and width the lowest. With 16 frequency pairs and the usual theta (1e4 - 1e6)
