@@ -141,12 +141,12 @@ def train_rl(c, workdir: str) -> list[dict]:
         batch = step_prompts(prompts, step, per_step, c.train.seed)
         state, metrics, texts = runner.step(state, batch, jax.random.fold_in(key, step))
         step += 1
-        trainer.save(state, {"rl_step": step})
+        trainer.save(state, {"rl_step": step}, step=step)
         history.append({"step": step, **metrics})
         if step % c.train.log_every == 0 or step == c.train.steps:
             writer.write(step, metrics)
             logging.info("step %d sample: %r", step, texts[0])
-    trainer.save(state, {"rl_step": step}, force=True)
+    trainer.save(state, {"rl_step": step}, step=step, force=True)
     trainer.close()
     writer.close()
     return history

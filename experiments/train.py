@@ -296,7 +296,7 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data, objectiv
         flops, since = flops + f, since + 1
         real += float((batch.segment_ids > 0).sum()) * jax.process_count()
         padded += batch.segment_ids.size * jax.process_count()
-        trainer.save(state, data.get_state())
+        trainer.save(state, data.get_state(), step=step)
         if step % c.train.log_every == 0 or step == c.train.steps:
             metrics = jax.device_get(metrics)
             losses.append(float(metrics["loss"]))
@@ -309,7 +309,7 @@ def _train(c, workdir: str, mesh, model_cfg: ModelConfig, params, data, objectiv
                     logging.warning(warning)
             writer.write(step, scalars)
             flops, real, padded, since = 0.0, 0.0, 0.0, 0
-    trainer.save(state, data.get_state(), force=True)
+    trainer.save(state, data.get_state(), step=step, force=True)
     trainer.close()
     writer.close()
     return losses

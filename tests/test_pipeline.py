@@ -6,18 +6,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwen25vl_jax.data.iterator_state import restore_iterator_state, save_iterator_state
+from qwen25vl_jax.data.media import Media
 from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.pipeline import PipelineConfig, make_train_iterator
 from qwen25vl_jax.data.pipeline_counts import efficiency
 from qwen25vl_jax.data.record_sources import RecordSource
 from qwen25vl_jax.data.records import RecordError, record_to_sample
+from qwen25vl_jax.data.sample import Sample, sample_from_tree, sample_to_tree
 from qwen25vl_jax.data.window_plan import plan_window
 from tests.test_records import CFG, OPTS, cached_tokenizer, write_image, write_jsonl
 
@@ -189,6 +193,36 @@ def test_sample_cache_serves_later_epochs_with_the_same_batches(corpus, tok, mon
     monkeypatch.undo()
     par = dataclasses.replace(conf, sample_cache_mb=64, num_workers=2)
     assert_batches_equal(run(par, tok)[0], reference)
+
+
+def test_workers_stop_at_once_with_their_queue_full(corpus, tok):
+    """A worker whose output queue is full when training ends exits at close(), rather than
+    after Grain's 25 s kill timeout: samples reach the main process through shared memory, not
+    pickled into a pipe that nobody reads any more; they arrive whole and the same."""
+    conf = config(corpus, num_epochs=None, sample_cache_mb=64, lookahead=32)
+    here, it = (
+        make_train_iterator(c, CFG, tokenizer=tok, process_index=0, process_count=1)
+        for c in (conf, dataclasses.replace(conf, num_workers=1))
+    )
+    k = N  # two epochs' worth and more: the later ones from the cache
+    assert_batches_equal([next(it) for _ in range(k)], [next(here) for _ in range(k)])
+    time.sleep(3)  # the worker fills its queue from the cache
+    start = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - start < 10
+
+
+def test_sample_survives_its_tree_form():
+    media = [Media("image", np.ones((16, 12), np.float32), (1, 4, 4), None, (30, 40)),
+             Media("video", np.zeros((32, 12), np.float32), (2, 4, 4), 0.5)]  # fmt: skip
+    sample = Sample(np.arange(5), np.ones(5, bool), np.zeros((3, 5), np.int32), tuple(media))
+    tree = sample_to_tree(sample)
+    leaves = jax.tree.leaves(tree)
+    assert any(leaf is media[0].patches for leaf in leaves)  # an array leaf, not in a pickle
+    back = sample_from_tree(tree)
+    assert back.media[1].second_per_grid_t == 0.5 and back.media[0].original_hw == (30, 40)
+    for a, b in zip(jax.tree.leaves(sample_to_tree(back)), leaves):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_two_processes_read_disjoint_shards_covering_the_data(corpus, tok):

@@ -46,6 +46,7 @@ from qwen25vl_jax.data.packing import Bucket
 from qwen25vl_jax.data.preprocess import Preprocess
 from qwen25vl_jax.data.record_sources import RecordSource
 from qwen25vl_jax.data.records import RecordOptions
+from qwen25vl_jax.data.sample import sample_from_tree, sample_to_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,8 +165,21 @@ def preprocessed_stream(
         _materialize_lazy_attributes(it)
         buffer = config.worker_buffer_size or max(2, -(-config.lookahead // config.num_workers))
         opts = grain.MultiprocessingOptions(config.num_workers, buffer)
-        it = it.mp_prefetch(opts)
+        # samples cross the process boundary as trees of arrays: through shared memory
+        it = it.map(_sample_tree).mp_prefetch(opts).map(_sample_object)
     return it, ds
+
+
+def _sample_tree(element: dict) -> dict:
+    return (
+        {**element, "sample": sample_to_tree(element["sample"])} if "sample" in element else element
+    )
+
+
+def _sample_object(element: dict) -> dict:
+    if "sample" not in element:
+        return element
+    return {**element, "sample": sample_from_tree(element["sample"])}
 
 
 def build_dataset(

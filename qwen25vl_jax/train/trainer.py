@@ -229,11 +229,22 @@ class Trainer:
             return self._step(state, batch if prepare is None else prepare(batch))
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save(self, state: step_lib.TrainState, data_state: dict | None, *, force=False) -> bool:
+    def save(
+        self,
+        state: step_lib.TrainState,
+        data_state: dict | None,
+        *,
+        step: int | None = None,
+        force=False,
+    ) -> bool:
+        """Saves `state` when its step is due (every `save_every`) or `force`; True if it did.
+        step: `state.step` as the caller counts it on the host. Reading `state.step` waits for
+        the step to finish, so a loop that saves every step would no longer prepare the next
+        batch while the device computes."""
         if self.manager is None:
             return False
-        step = int(state.step)
-        if step in self.manager.all_steps():
+        step = int(state.step) if step is None else step
+        if not (force or self.manager.should_save(step)) or step in self.manager.all_steps():
             return False
         meta = {"step": step, "rng": np.asarray(state.rng).tolist(), "data": data_state}
         args = ocp.args.Composite(
