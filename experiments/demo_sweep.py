@@ -78,10 +78,9 @@ VARIANTS = {
     # decoder layer"); the demo config took it. "layers4": the config before (658ae00's figures)
     "layers5": {"model": {"num_layers": 5}},
     "layers4": {"model": {"num_layers": 4}},
-    # fewer rows a step, more steps in the same time: a step costs ~0.025 s + ~0.037 s a row on
-    # 2 cores (median 0.172 / 0.245 / 0.319 s at 4 / 6 / 8 rows), so 6 rows x 1430 steps and 4
-    # x 2040 take what 8 x 1100 take. Timing's misses (seeds 4 and 6) were learnt with more
-    # steps (BUILD_NOTES §6, "More updates in the same time")
+    # fewer rows a step, more steps: the jitted step costs ~0.025 s + ~0.037 s a row on 2 cores.
+    # Both learnt seed 6's timing; batch6 then missed its grounding, batch4 failed seed 5 on
+    # three tasks (BUILD_NOTES §6, "Fewer rows, more steps"; neither adopted)
     "batch6": {"overrides": ["--config.train.batch_size=6"], "steps": 1430},
     "batch4": {"overrides": ["--config.train.batch_size=4"], "steps": 2040},
 }
