@@ -166,20 +166,16 @@ def preprocessed_stream(
         buffer = config.worker_buffer_size or max(2, -(-config.lookahead // config.num_workers))
         opts = grain.MultiprocessingOptions(config.num_workers, buffer)
         # samples cross the process boundary as trees of arrays: through shared memory
-        it = it.map(_sample_tree).mp_prefetch(opts).map(_sample_object)
+        to_tree, from_tree = (
+            functools.partial(_convert_sample, f) for f in (sample_to_tree, sample_from_tree)
+        )
+        it = it.map(to_tree).mp_prefetch(opts).map(from_tree)
     return it, ds
 
 
-def _sample_tree(element: dict) -> dict:
-    return (
-        {**element, "sample": sample_to_tree(element["sample"])} if "sample" in element else element
-    )
-
-
-def _sample_object(element: dict) -> dict:
-    if "sample" not in element:
-        return element
-    return {**element, "sample": sample_from_tree(element["sample"])}
+def _convert_sample(convert, element: dict) -> dict:
+    """A preprocessed element with its sample converted (an error element as it is)."""
+    return {**element, "sample": convert(element["sample"])} if "sample" in element else element
 
 
 def build_dataset(
