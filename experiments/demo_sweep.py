@@ -83,6 +83,9 @@ VARIANTS = {
     # three tasks (BUILD_NOTES §6, "Fewer rows, more steps"; neither adopted)
     "batch6": {"overrides": ["--config.train.batch_size=6"], "steps": 1430},
     "batch4": {"overrides": ["--config.train.batch_size=4"], "steps": 2040},
+    # a curriculum: the first N of the 1100 steps on the timing records alone, then the mix
+    "timing_first150": {"overrides": ["--config.data.curriculum_steps=150"]},
+    "timing_first100": {"overrides": ["--config.data.curriculum_steps=100"]},
 }
 KEYS = ("mean_iou", "acc_iou50", "count_acc", "time_mae")
 

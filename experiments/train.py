@@ -18,6 +18,7 @@ optimizer, PRNG key and data-iterator state). Multi-host: on TPU pods and GPU cl
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -111,28 +112,50 @@ def check_data_config(c) -> None:
             "comma separated), or --config.data.source=synthetic to train on random "
             "tokens"
         )
+    if c.data.curriculum_steps < 0:
+        raise InputError(f"--config.data.curriculum_steps={c.data.curriculum_steps} < 0")
+    curriculum = c.data.curriculum_steps > 0
+    if curriculum and (c.data.source != "records" or not c.data.curriculum_paths):
+        raise InputError(
+            f"--config.data.curriculum_steps={c.data.curriculum_steps} needs records: "
+            "--config.data.curriculum_paths (and data.source=records)"
+        )
     if c.data.source == "records":
         from qwen25vl_jax.data.record_sources import record_files
 
         record_files([p for p in c.data.paths.split(",") if p])
+        if curriculum:
+            record_files([p for p in c.data.curriculum_paths.split(",") if p])
 
 
 def make_data(c, model_cfg: ModelConfig):
-    """This host's iterator of `Batch`es: the Grain pipeline over `data.paths`, or random
-    tokens when `data.source=synthetic` is asked for. `InputError` for a config that cannot
-    feed the run."""
+    """This host's iterator of `Batch`es: the Grain pipeline over `data.paths` (after
+    `data.curriculum_steps` batches of `data.curriculum_paths` when a curriculum is set), or
+    random tokens when `data.source=synthetic` is asked for. `InputError` for a config that
+    cannot feed the run."""
     check_data_config(c)
-    bucket = Bucket(c.data.seq_len, c.data.num_slots)
-    if c.data.source == "synthetic":
+    d = c.data
+    if d.source == "synthetic":
         return SyntheticBatches(
             model_cfg,
-            bucket,
+            Bucket(d.seq_len, d.num_slots),
             batch_size=c.train.batch_size,
             seed=c.train.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            repeat=c.data.synthetic_repeat,
+            repeat=d.synthetic_repeat,
         )
+    main = functools.partial(records_data, c, model_cfg, d.paths)
+    if d.curriculum_steps > 0:
+        from qwen25vl_jax.data.curriculum import StagedBatches
+
+        first = functools.partial(records_data, c, model_cfg, d.curriculum_paths)
+        return StagedBatches([(d.curriculum_steps, first), (None, main)])
+    return main()
+
+
+def records_data(c, model_cfg: ModelConfig, paths: str):
+    """The Grain records pipeline over `paths` (comma-separated files or globs)."""
     from qwen25vl_jax.data.pipeline import (
         PipelineConfig,
         check_vocabulary,
@@ -144,9 +167,9 @@ def make_data(c, model_cfg: ModelConfig):
     records = base.record_options(d)
     # pad with <|endoftext|> (the config's bos id): in range for any vocabulary
     pipe = PipelineConfig(
-        paths=tuple(p for p in d.paths.split(",") if p),
+        paths=tuple(p for p in paths.split(",") if p),
         media_root=d.media_root,
-        buckets=(bucket,),
+        buckets=(Bucket(d.seq_len, d.num_slots),),
         batch_size=c.train.batch_size // jax.process_count(),
         seed=c.train.seed,
         num_epochs=None,

@@ -96,6 +96,10 @@ def get_config(size: str = "tiny") -> ml_collections.ConfigDict:
             # when asked for, so a forgotten `paths` is an error, not a run on noise)
             "source": "records",
             "paths": "",
+            # a curriculum: the first `curriculum_steps` steps read `curriculum_paths` (records,
+            # like `paths`), the rest `paths`; 0: no curriculum
+            "curriculum_paths": "",
+            "curriculum_steps": 0,
             "seq_len": seq_len,
             "num_slots": slots,
             "synthetic_repeat": ml_collections.FieldReference(None, field_type=int),
