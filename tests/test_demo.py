@@ -17,7 +17,8 @@ def test_demo_end_to_end(tmp_path):
     workdir = str(tmp_path / "demo")
     report = demo.run(
         workdir, num_train=24, num_eval=9, steps=3, devices=2, eval_batch=4,
-        overrides=("--config.train.log_every=1", "--config.train.save_every=2"),
+        overrides=("--config.train.log_every=1", "--config.train.save_every=2",
+                   "--config.data.curriculum_steps=2"),  # 2 steps of timing, then the mix
     )  # fmt: skip
 
     # every metric of every task, each beside its baseline
@@ -28,6 +29,12 @@ def test_demo_end_to_end(tmp_path):
         assert m["model"] >= 0.0 and m["baseline"] >= 0.0
     assert set(report["beats_baseline"]) == set(METRICS)
     assert report["baselines"]["mode_count"] in (1, 2, 3, 4, 5)
+
+    # the curriculum's records: the training records of the timing task, all of them
+    with open(report["files"]["train"]) as f:
+        timing = [line for line in f if json.loads(line)["task"] == "timing"]
+    with open(report["files"]["curriculum"]) as f:
+        assert f.readlines() == timing and timing
 
     # files: checkpoint of the last step, metrics, TensorBoard events, drawn boxes, JSON report
     train = os.path.join(workdir, "train")

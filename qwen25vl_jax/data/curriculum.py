@@ -67,13 +67,16 @@ class StagedBatches:
         batches, stage = int(state["batches"]), int(state["stage"])
         if not 0 <= stage < len(self._stages):
             raise ValueError(f"data state names stage {stage} of {len(self._stages)}")
-        self.close()
-        self._batches, self._stage = batches, stage
-        # the recorded stage's reader resumes where it stopped; when the next batch belongs to
-        # a later stage, __next__ starts that one fresh
+        self._batches = batches
+        # the recorded stage's reader resumes where it stopped (the open one if it is that
+        # stage's); when the next batch belongs to a later stage, __next__ starts that one
         if state["state"] is not None and self._stage_of(batches) == stage:
-            self._enter(stage)
+            if self._it is None or self._stage != stage:
+                self._enter(stage)
             self._it.set_state(state["state"])
+        else:
+            self.close()
+            self._stage = stage
 
     @property
     def counts(self) -> dict[str, Any]:
