@@ -1,8 +1,9 @@
 """Training batches in stages: the first steps read one set of records, the later steps another.
 
 A curriculum gives a skill that the full mix learns late, or on some seeds not at all, a head
-start: the main job trains its first steps on the timing records alone, then on all of them
-(`data.curriculum_paths` and `data.curriculum_steps` of the training config; BUILD_NOTES §6).
+start: e.g. the main job's first steps on its timing records alone, then all of them
+(`data.curriculum_paths` and `data.curriculum_steps` of the training config; tried for the
+demo and not adopted, BUILD_NOTES §6 "A timing-first curriculum").
 One batch is one step, so a stage ends after its number of batches; the last stage runs on.
 
 The first stage's iterator is built at once (bad data fails before training starts), each
