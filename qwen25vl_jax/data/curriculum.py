@@ -81,7 +81,8 @@ class StagedBatches:
 
     @property
     def counts(self) -> dict[str, Any]:
-        """The current stage's counters (empty before the first batch)."""
+        """The current stage's counters (each stage counts from zero; empty after a restore
+        into a stage not yet started, until its first batch)."""
         return getattr(self._it, "counts", {}) if self._it is not None else {}
 
     def close(self) -> None:
